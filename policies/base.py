@@ -1,0 +1,77 @@
+"""The policy protocol and the batch a policy sees.
+
+A masking policy answers one question: which positions of a ``[batch, length]``
+token batch to mask. How the chosen positions are then corrupted (80/10/10 for an
+encoder, sentinel spans for a seq2seq model) lives in :mod:`.corruption`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+class PolicyError(ValueError):
+    """A policy was configured or called with input it cannot handle."""
+
+
+class BudgetError(PolicyError):
+    """A policy cannot reach its masking budget with the units it is allowed to mask."""
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Token ids plus everything a policy may know about them.
+
+    Attributes:
+        input_ids: ``Long[B, L]`` token ids.
+        maskable: ``Bool[B, L]``; False at special and padding tokens, which no
+            policy may ever select.
+        word_ids: ``Long[B, L]`` or None; word index of each token, ``-1`` outside
+            words. Tokens of one word are contiguous.
+        entity_ids: ``Long[B, L]`` or None; entity-span index of each token, ``-1``
+            outside entity spans. Tokens of one span are contiguous.
+    """
+
+    input_ids: Tensor
+    maskable: Tensor
+    word_ids: Tensor | None = None
+    entity_ids: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_ids.dim() != 2:
+            raise PolicyError(f"input_ids must be [batch, length], got shape {tuple(self.input_ids.shape)}")
+        if self.maskable.dtype != torch.bool or self.maskable.shape != self.input_ids.shape:
+            raise PolicyError(
+                f"maskable must be a bool tensor shaped like input_ids {tuple(self.input_ids.shape)}, "
+                f"got {self.maskable.dtype} {tuple(self.maskable.shape)}"
+            )
+        for field in ("word_ids", "entity_ids"):
+            ids = getattr(self, field)
+            if ids is not None and ids.shape != self.input_ids.shape:
+                raise PolicyError(f"{field} must be shaped like input_ids, got {tuple(ids.shape)}")
+
+    def rows(self, index: Tensor) -> TokenBatch:
+        """The sub-batch of the given row indices."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return TokenBatch(self.input_ids[index], self.maskable[index], pick(self.word_ids), pick(self.entity_ids))
+
+
+@runtime_checkable
+class MaskingPolicy(Protocol):
+    """Chooses the positions to mask. Implementations must be pure: no mutation of
+    ``batch``, all randomness drawn from ``generator``, never a non-maskable position."""
+
+    def select(self, batch: TokenBatch, generator: torch.Generator) -> Tensor:
+        """Returns ``Bool[B, L]``, True where a token is to be masked."""
+        ...
+
+
+def check_rate(rate: float) -> float:
+    """Validates a masking rate, the fraction of maskable tokens to mask."""
+    if not 0.0 < float(rate) <= 1.0:
+        raise PolicyError(f"masking rate must be in (0, 1], got {rate}; e.g. rate=0.15 masks 15% of tokens")
+    return float(rate)

@@ -1,0 +1,91 @@
+"""Pure, vectorised selection primitives shared by the policies.
+
+Every function takes ``[B, L]`` tensors and returns new tensors; nothing loops
+over tokens in Python and nothing mutates its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def budget(maskable: Tensor, rate: float) -> Tensor:
+    """``Long[B]``: round(rate · n) tokens to mask per row, n = maskable tokens in the row."""
+    return torch.round(maskable.sum(dim=1) * rate).long()
+
+
+def select_count(keys: Tensor, maskable: Tensor, count: Tensor) -> Tensor:
+    """Selects, per row, the ``count[b]`` maskable positions with the smallest ``keys``.
+
+    Exact even with tied keys (ranks come from a sort, not a threshold).
+    Args: keys ``Float[B, L]``; maskable ``Bool[B, L]``; count ``Long[B]`` ≤ maskable per row.
+    Returns ``Bool[B, L]``.
+    """
+    order = keys.masked_fill(~maskable, float("inf")).argsort(dim=1)
+    positions = torch.arange(keys.shape[1], device=keys.device)
+    chosen_in_order = positions < count.unsqueeze(1)
+    return torch.zeros_like(maskable).scatter(1, order, chosen_in_order)
+
+
+def dense_groups(ids: Tensor, maskable: Tensor) -> Tensor:
+    """Renumbers contiguous runs of equal non-negative ``ids`` as 0, 1, 2, … per row.
+
+    Tokens that are not maskable or have ``id < 0`` get ``-1``. A run interrupted by
+    a non-maskable token becomes two groups. Returns ``Long[B, L]`` with ids < L.
+    """
+    member = maskable & (ids >= 0)
+    previous_id = torch.nn.functional.pad(ids[:, :-1], (1, 0), value=-1)
+    previous_member = torch.nn.functional.pad(member[:, :-1], (1, 0), value=False)
+    starts = member & ~(previous_member & (previous_id == ids))
+    return torch.where(member, starts.long().cumsum(dim=1) - 1, -1)
+
+
+def select_groups(groups: Tensor, budget: Tensor, generator: torch.Generator) -> Tensor:
+    """Masks whole groups in random order until each row's token budget is reached.
+
+    The group that crosses the budget is taken when that lands nearer the budget
+    than stopping before it, so the expected masked count tracks the budget.
+    Args: groups ``Long[B, L]`` from :func:`dense_groups`; budget ``Long[B]``.
+    Returns ``Bool[B, L]``.
+    """
+    member = groups >= 0
+    index = groups.clamp(min=0)
+    sizes = torch.zeros_like(groups).scatter_add_(1, index, member.long())
+    keys = torch.rand(groups.shape, generator=generator, device=groups.device)
+    order = keys.masked_fill(sizes == 0, float("inf")).argsort(dim=1)
+    sorted_sizes = sizes.gather(1, order)
+    end = sorted_sizes.cumsum(dim=1)
+    start = end - sorted_sizes
+    target = budget.unsqueeze(1)
+    crossing_is_nearer = (start < target) & (end - target <= target - start)
+    take = ((end <= target) | crossing_is_nearer) & (sorted_sizes > 0)
+    chosen_groups = torch.zeros_like(member).scatter(1, order, take)
+    return chosen_groups.gather(1, index) & member
+
+
+def truncated_geometric(
+    shape: tuple[int, ...], p: float, max_length: int, generator: torch.Generator, device: torch.device | None = None
+) -> Tensor:
+    """``Long[shape]`` lengths from Geometric(p) on 1, 2, … truncated to ``max_length``.
+
+    Sampled by inverting the truncated CDF, so no mass piles up at ``max_length``.
+    """
+    tail = 1.0 - (1.0 - p) ** max_length
+    u = torch.rand(shape, generator=generator, device=device) * tail
+    lengths = torch.ceil(torch.log1p(-u) / math.log1p(-p))
+    return lengths.clamp(1, max_length).long()
+
+
+def partition_into_segments(units: Tensor, lengths: Tensor) -> Tensor:
+    """Cuts each row's unit sequence 0, 1, 2, … into consecutive segments of ``lengths``.
+
+    Args: units ``Long[B, L]`` unit index per token (``-1`` = none); lengths ``Long[B, S]``
+    segment lengths with ``sum ≥`` the number of units. Returns the segment index
+    of each token, ``-1`` where ``units`` is ``-1``.
+    """
+    ends = lengths.cumsum(dim=1)
+    segments = torch.searchsorted(ends, units.clamp(min=0), right=True)
+    return torch.where(units >= 0, segments, -1)

@@ -41,9 +41,11 @@ class MixturePolicy:
 
     def select(self, batch: TokenBatch, generator: torch.Generator) -> Tensor:
         n_rows = batch.input_ids.shape[0]
+        mask = torch.zeros_like(batch.maskable)
+        if n_rows == 0:  # torch.multinomial refuses to draw zero samples
+            return mask
         weights = self.weights.to(batch.input_ids.device)
         choice = torch.multinomial(weights, n_rows, replacement=True, generator=generator)
-        mask = torch.zeros_like(batch.maskable)
         for k, policy in enumerate(self.components):
             rows = (choice == k).nonzero().squeeze(1)
             if len(rows):

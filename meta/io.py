@@ -1,0 +1,39 @@
+"""Results on disk: atomic JSON writes and the versions that produced them."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("maskpolicy", "torch", "pytorch-lightning", "transformers", "tokenizers", "hydra-core", "optuna",
+            "higher", "numpy")
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
+    """Writes JSON so a reader sees the old file or the whole new one, never a torn write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        json.dump(payload, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+    return path
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages a result depends on, and Python's."""
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), **{name: installed(name) for name in PACKAGES}}

@@ -1,0 +1,61 @@
+"""What a task provides: a pre-training corpus and a downstream QA dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+Split = Literal["train", "dev", "test"]
+SPLITS: tuple[Split, ...] = ("train", "dev", "test")
+CharSpan = tuple[int, int]
+
+
+class TaskError(ValueError):
+    """A task was configured with, or found, data it cannot use."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One pre-training text.
+
+    ``entities`` are gold entity spans as ``[start, end)`` character offsets into
+    ``text``, sorted and non-overlapping; empty when the task has no gold spans
+    (a tagger then finds them).
+    """
+
+    text: str
+    entities: tuple[CharSpan, ...] = ()
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """One closed-book question.
+
+    ``subject`` names what the question is about (a person, an article) so splits
+    can keep subjects disjoint. ``context`` and ``answer_start`` locate the answer
+    in a pre-training text when the task knows it (SQuAD's character offsets);
+    they are what direct supervision of a policy learns from.
+    """
+
+    question: str
+    answer: str
+    subject: str
+    context: str | None = None
+    answer_start: int | None = None
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A pre-training corpus and a closed-book QA task over the same facts."""
+
+    name: str
+
+    def corpus(self) -> Sequence[Document]:
+        """The intermediate pre-training corpus."""
+        ...
+
+    def qa(self, split: Split) -> Sequence[QAExample]:
+        """Questions of one split; subjects of different splits are disjoint."""
+        ...

@@ -23,6 +23,12 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 4000, lowercase: boo
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()))
     tokenizer.train_from_iterator(texts, trainer)
+    # The trainer breaks ties in hash-map order, which changes from process to
+    # process; renumbering the learned vocabulary makes ids reproducible.
+    learned = tokenizer.get_vocab()
+    specials = list(SPECIAL_TOKENS.values())
+    ordered = specials + sorted(token for token in learned if token not in specials)
+    tokenizer.model = models.WordPiece({t: i for i, t in enumerate(ordered)}, unk_token=SPECIAL_TOKENS["unk_token"])
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]

@@ -45,7 +45,7 @@ from maskpolicy.policies import EntityPolicy, RandomPolicy, TokenBatch, availabl
 
 RATE = 0.15
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-MONTHS = "January February March April May June July August September October November December".split()
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
 
 # --------------------------------------------------------------------------- data
 
@@ -59,8 +59,7 @@ class TextWorld:
     a quarter of the tokens.
     """
 
-    SYLLABLES = ("ka lo mi ren tas vel dor in ex ul sa ber mon tri qua zel pho nar ist "
-                 "ga fe cor lun adr ot ive ment sion par ho bi stu wen").split()
+    SYLLABLES = ["ka", "lo", "mi", "ren", "tas", "vel", "dor", "in", "ex", "ul", "sa", "ber", "mon", "tri", "qua", "zel", "pho", "nar", "ist", "ga", "fe", "cor", "lun", "adr", "ot", "ive", "ment", "sion", "par", "ho", "bi", "stu", "wen"]
 
     def __init__(self, rng: random.Random, n_words: int = 6000) -> None:
         self.rng = rng

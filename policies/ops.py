@@ -73,6 +73,8 @@ def truncated_geometric(
 
     Sampled by inverting the truncated CDF, so no mass piles up at ``max_length``.
     """
+    if p >= 1.0:  # every length is 1; math.log1p(-1) below would raise
+        return torch.ones(shape, dtype=torch.long, device=device)
     tail = 1.0 - (1.0 - p) ** max_length
     u = torch.rand(shape, generator=generator, device=device) * tail
     lengths = torch.ceil(torch.log1p(-u) / math.log1p(-p))

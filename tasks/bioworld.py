@@ -100,6 +100,8 @@ _ENDINGS = {
     "company": ("corp", "tek", "x", "soft", "tron", "gen"),
     "major": ("logy", "nomy", "stry", "graphy", "tics", "sophy"),
 }
+# Syllable strings can spell rude words; those candidates are redrawn.
+_AVOID = re.compile("shit|fuk|fuc|cunt|nig|fag|rape|dik|dick|cock|tit|porn|sex|puss|kum|cum")
 MAX_VALUES = 1000
 MAX_PEOPLE = 50_000
 _MAX_REJECTIONS = 10_000
@@ -301,7 +303,7 @@ class _WordMaker:
             n_syllables = self.rng.choice((2, 2, 3))
             stem = "".join(self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) for _ in range(n_syllables))
             word = stem + self.rng.choice(_ENDINGS[kind])
-            if word not in self.used:
+            if word not in self.used and not _AVOID.search(word):
                 self.used.add(word)
                 return word.capitalize()
         raise TaskError(f"the pseudo-word generator ran out of distinct {kind} words; use fewer people or values")

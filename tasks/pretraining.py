@@ -40,7 +40,7 @@ class Seq2SeqCorruption:
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, target: Literal["spans", "full"] = "spans"):
-        extra = [t for t in tokenizer.additional_special_tokens if t.startswith("<extra_id_")]
+        extra = [t for t in tokenizer.all_special_tokens if t.startswith("<extra_id_")]
         extra.sort(key=lambda t: int(t.removeprefix("<extra_id_").removesuffix(">")))
         ids = tokenizer.convert_tokens_to_ids(extra) if extra else [tokenizer.mask_token_id]
         self.sentinel_ids = torch.tensor(ids)

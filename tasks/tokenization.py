@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .base import TaskError
@@ -14,29 +15,32 @@ SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 4000, lowercase: bool = False) -> PreTrainedTokenizerFast:
-    """A BERT-style WordPiece tokenizer trained on ``texts``, offline and deterministic.
+    """A BERT-style WordPiece tokenizer built from ``texts``, offline and reproducible.
 
+    The vocabulary is every character (word-initial and ``##`` forms, so any word
+    can be spelt) plus the most frequent whole words, ties broken alphabetically.
+    The ``tokenizers`` WordPiece trainer is not used because it breaks ties in
+    hash-map order, so the same corpus gives different ids from run to run.
     ``[CLS]``/``[SEP]`` double as BOS/EOS so the same tokenizer serves seq2seq models.
     """
-    tokenizer = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()))
-    tokenizer.train_from_iterator(texts, trainer)
-    # The trainer breaks ties in hash-map order, which changes from process to
-    # process; renumbering the learned vocabulary makes ids reproducible.
-    learned = tokenizer.get_vocab()
-    specials = list(SPECIAL_TOKENS.values())
-    ordered = specials + sorted(token for token in learned if token not in specials)
-    tokenizer.model = models.WordPiece({t: i for i, t in enumerate(ordered)}, unk_token=SPECIAL_TOKENS["unk_token"])
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    characters = sorted({c for word in counts for c in word})
+    vocab = list(SPECIAL_TOKENS.values()) + characters + [f"##{c}" for c in characters]
+    room = max(0, vocab_size - len(vocab))
+    frequent = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))[:room]
+    vocab += sorted(frequent)
+    tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token=SPECIAL_TOKENS["unk_token"]))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, pre_tokenizer
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
     tokenizer.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="[CLS]", eos_token="[SEP]", **SPECIAL_TOKENS
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="[CLS]", eos_token="[SEP]", **SPECIAL_TOKENS)
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:

@@ -9,9 +9,12 @@ from collections import Counter
 from itertools import pairwise
 
 import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
 from maskpolicy.tasks.base import SPLITS, Task, TaskError
 from maskpolicy.tasks.bioworld import ATTRIBUTES, QUESTIONS, TEMPLATES, BioWorld, split_subjects
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +204,17 @@ def test_bad_knobs_raise_clear_errors(knobs: dict, message: str) -> None:
 def test_unknown_split(small: BioWorld) -> None:
     with pytest.raises(TaskError, match="splits are train, dev, test"):
         small.qa("validation")  # type: ignore[arg-type]
+
+
+def test_builds_from_a_hydra_config_with_list_knobs() -> None:
+    config = OmegaConf.create(
+        {
+            "_target_": "maskpolicy.tasks.bioworld.BioWorld",
+            "n_people": 30,
+            "attributes": ["major", "birth_city"],
+            "split_fractions": [0.6, 0.2, 0.2],
+        }
+    )
+    world = instantiate(config)
+    assert world.attributes == ("major", "birth_city")
+    assert [len(world.qa(split)) for split in SPLITS] == [18 * 2, 6 * 2, 6 * 2]

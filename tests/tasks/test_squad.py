@@ -8,6 +8,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+
 from maskpolicy.tasks.base import SPLITS, Task, TaskError
 from maskpolicy.tasks.squad import SquadTask, squad_layout
 

@@ -8,6 +8,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+
 from maskpolicy.tasks.base import Document, TaskError
 from maskpolicy.tasks.tagging import RuleTagger, SpacyTagger, Tagger, entity_spans, merge_spans, tag_corpus
 

@@ -1,0 +1,40 @@
+# Everything a fresh machine needs: `make test` and `make demo` create .venv and install.
+# TORCH picks the torch build; the default is the CPU wheel this project is developed on.
+# For CUDA: make TORCH="torch --index-url https://download.pytorch.org/whl/cu128" install
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+PLUGIN := tests/plugins/maskpolicy-vowel
+
+.PHONY: install test test-fast lint demo benchmark clean
+
+$(VENV)/.installed: pyproject.toml $(PLUGIN)/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]" -e $(PLUGIN)
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(BIN)/ruff check policies tasks meta tests benchmarks
+	$(BIN)/lint-imports
+
+# pytest exits 5 when it collected no tests; that is a failure here, not a pass.
+test: lint
+	$(BIN)/pytest -q -rs --durations=10; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+demo: install
+	$(BIN)/maskpolicy-pretrain --multirun policy=random,entity hydra.sweep.dir=multirun/demo
+
+benchmark: install
+	$(BIN)/python benchmarks/masking.py
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from maskpolicy.policies import EntityPolicy, RandomPolicy
+from maskpolicy.tasks.pretraining import EncoderCorruption, MaskedPretraining, Seq2SeqCorruption
+from maskpolicy.tasks.text import encode_documents, pad_rows, token_batch
+
+
+@pytest.fixture
+def batch(tiny_task, tiny_tokenizer):
+    corpus = tiny_task.corpus()
+    rows = encode_documents([d.text for d in corpus], [d.entities for d in corpus], tiny_tokenizer, 64)
+    return pad_rows(rows, tiny_tokenizer.pad_token_id)
+
+
+def test_random_replacements_never_use_special_tokens(tiny_tokenizer):
+    corruption = EncoderCorruption(tiny_tokenizer)
+    assert not set(corruption.replacement_ids.tolist()) & set(tiny_tokenizer.all_special_ids)
+    assert len(corruption.replacement_ids) == len(tiny_tokenizer) - len(tiny_tokenizer.all_special_ids)
+
+
+def test_encoder_step_masks_entities_and_gives_a_finite_loss(batch, tiny_tokenizer, tiny_bert_spec):
+    torch.manual_seed(0)
+    model = tiny_bert_spec.build_model(tiny_tokenizer)
+    module = MaskedPretraining(model, EntityPolicy(rate=0.15), EncoderCorruption(tiny_tokenizer), seed=3)
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss) and loss.requires_grad
+    assert module.masked_seen > 0 and module.tokens_seen == int(batch["attention_mask"].sum())
+
+
+def test_seq2seq_step_with_both_targets(batch, tiny_tokenizer, tiny_bart_spec):
+    model = tiny_bart_spec.build_model(tiny_tokenizer)
+    mask = RandomPolicy(0.3).select(token_batch(batch), torch.Generator().manual_seed(0))
+    for target in ("spans", "full"):
+        inputs = Seq2SeqCorruption(tiny_tokenizer, target=target)(batch, mask, torch.Generator())
+        assert torch.isfinite(model(**inputs).loss)
+        if target == "full":
+            assert inputs["labels"].shape == batch["input_ids"].shape
+
+
+def test_generator_state_survives_a_checkpoint(batch, tiny_tokenizer, tiny_bert_spec):
+    model = tiny_bert_spec.build_model(tiny_tokenizer)
+    module = MaskedPretraining(model, RandomPolicy(0.3), EncoderCorruption(tiny_tokenizer), seed=7)
+    module.policy.select(token_batch(batch), module.generator)
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    expected = module.policy.select(token_batch(batch), module.generator)
+    restored = MaskedPretraining(model, RandomPolicy(0.3), EncoderCorruption(tiny_tokenizer), seed=7)
+    restored.on_load_checkpoint(checkpoint)
+    assert torch.equal(restored.policy.select(token_batch(batch), restored.generator), expected)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from .base import SPLITS, CharSpan, Document, QAExample, Split, TaskError
 from .bioworld import check_fractions, split_sizes, split_subjects
-from .tagging import merge_spans
+from .tagging import Tagger, merge_spans, tag_corpus
 
 Subject = Literal["auto", "article", "paragraph"]
 
@@ -53,6 +53,8 @@ class SquadTask:
             empty and a tagger finds them.
         bad_offsets: ``"skip"`` (and count) or ``"error"`` on answers whose offset
             does not match their text.
+        tagger: finds entity spans in documents without gold ones (the default
+            config uses the built-in :class:`~.tagging.RuleTagger`); ``None`` leaves them empty.
     """
 
     name = "squad"
@@ -68,6 +70,7 @@ class SquadTask:
         subject: Subject = "auto",
         answer_entities: bool = False,
         bad_offsets: Literal["skip", "error"] = "skip",
+        tagger: Tagger | None = None,
     ) -> None:
         if (path is None) == (hf_dataset is None):
             raise TaskError("SquadTask needs exactly one source: path=<SQuAD JSON file> or hf_dataset=<name>")
@@ -78,7 +81,8 @@ class SquadTask:
         if max_articles is not None and max_articles < 1:
             raise TaskError(f"squad max_articles must be ≥ 1 or None, got {max_articles}")
         self.split_fractions = check_fractions(split_fractions)
-        self.seed, self.answer_entities, self.bad_offsets = seed, answer_entities, bad_offsets
+        self.seed, self.answer_entities, self.bad_offsets, self.tagger = seed, answer_entities, bad_offsets, tagger
+        self._corpus: tuple[Document, ...] | None = None
         self.source = str(path) if path is not None else f"{hf_dataset} ({hf_split})"
         payload = read_json(path) if path is not None else load_hub_dataset(hf_dataset, hf_split)
         self.skipped_answers = self.skipped_questions = self.unanswerable = 0
@@ -94,8 +98,11 @@ class SquadTask:
 
     def corpus(self) -> tuple[Document, ...]:
         """One document per paragraph, in file order (all splits: the QA is closed-book)."""
-        spans = self.answer_spans() if self.answer_entities else [()] * len(self._paragraphs)
-        return tuple(Document(p.context, s) for p, s in zip(self._paragraphs, spans, strict=True))
+        if self._corpus is None:
+            spans = self.answer_spans() if self.answer_entities else [()] * len(self._paragraphs)
+            documents = [Document(p.context, s) for p, s in zip(self._paragraphs, spans, strict=True)]
+            self._corpus = tuple(tag_corpus(documents, self.tagger) if self.tagger else documents)
+        return self._corpus
 
     def qa(self, split: Split) -> tuple[QAExample, ...]:
         """The questions about the subjects of ``split``, in file order."""

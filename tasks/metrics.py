@@ -43,6 +43,6 @@ def qa_scores(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> d
         return {"em": 0.0, "f1": 0.0}
     n = len(predictions)
     return {
-        "em": sum(exact_match(p, a) for p, a in zip(predictions, answers)) / n,
-        "f1": sum(token_f1(p, a) for p, a in zip(predictions, answers)) / n,
+        "em": sum(exact_match(p, a) for p, a in zip(predictions, answers, strict=True)) / n,
+        "f1": sum(token_f1(p, a) for p, a in zip(predictions, answers, strict=True)) / n,
     }

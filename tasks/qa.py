@@ -40,11 +40,11 @@ def encode_qa(
         inputs, labels = [], []
         for i, ids in enumerate(encoded["input_ids"]):
             in_answer = [source == 1 for source in encoded.sequence_ids(i)]
-            inputs.append([tokenizer.mask_token_id if a else t for t, a in zip(ids, in_answer)])
-            labels.append([t if a else IGNORE_INDEX for t, a in zip(ids, in_answer)])
+            inputs.append([tokenizer.mask_token_id if a else t for t, a in zip(ids, in_answer, strict=True)])
+            labels.append([t if a else IGNORE_INDEX for t, a in zip(ids, in_answer, strict=True)])
     return [
         {"input_ids": torch.tensor(i), "labels": torch.tensor(y), "answers": (e.answer, *e.aliases)}
-        for i, y, e in zip(inputs, labels, examples)
+        for i, y, e in zip(inputs, labels, examples, strict=True)
     ]
 
 
@@ -89,7 +89,7 @@ class QAFineTuning(pl.LightningModule):
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         guesses = logits.argmax(dim=-1)
         at_answer = batch["labels"] != IGNORE_INDEX
-        return [self.tokenizer.decode(row[keep]) for row, keep in zip(guesses, at_answer)]
+        return [self.tokenizer.decode(row[keep]) for row, keep in zip(guesses, at_answer, strict=True)]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._predictions += self.predict_answers(batch)

@@ -36,7 +36,8 @@ def tiny_task() -> TinyTask:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_task):
-    texts = [d.text for d in tiny_task.corpus()] + [q.question for s in ("train", "dev", "test") for q in tiny_task.qa(s)]
+    questions = [q.question for split in ("train", "dev", "test") for q in tiny_task.qa(split)]
+    texts = [d.text for d in tiny_task.corpus()] + questions
     return train_wordpiece(texts, vocab_size=200)
 
 

@@ -39,7 +39,8 @@ def test_one_run_writes_complete_results(tmp_path):
                                                               "rate": 0.15, "shortfall": "error"}}
     assert results["task"]["name"] == "bioworld" and results["task"]["params"]["n_people"] == 40
     assert results["seed"] == 1 and results["pretrain"]["steps"] == 6
-    assert results["pretrain"]["tokens"] > 0 and 0 < results["pretrain"]["masked_tokens"] < results["pretrain"]["tokens"]
+    pretrained = results["pretrain"]
+    assert pretrained["tokens"] > 0 and 0 < pretrained["masked_tokens"] < pretrained["tokens"]
     assert all(0.0 <= results["downstream"][k] <= 1.0 for k in ("dev_em", "test_em", "test_f1"))
     assert results["versions"]["torch"] and results["versions"]["maskpolicy"]
     assert (tmp_path / "run/pretrained/model.safetensors").exists()
@@ -54,7 +55,8 @@ def test_seq2seq_model_with_full_sentence_targets(tmp_path):
 
 
 def test_multirun_sweeps_policies_and_summarises(tmp_path):
-    run_command("--multirun", "policy=random,mixture", *TINY, *TINY_BERT, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    run_command("--multirun", "policy=random,mixture", *TINY, *TINY_BERT, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     summary = json.loads((tmp_path / "sweep/summary.json").read_text())
     assert sorted(row["policy"] for row in summary) == ["mixture", "random"]
     assert (tmp_path / "sweep/summary.csv").exists()
@@ -75,7 +77,8 @@ def test_an_installed_plugin_is_a_command_line_choice(tmp_path):
         distribution("maskpolicy-vowel")
     except PackageNotFoundError:
         pytest.skip("the example plugin tests/plugins/maskpolicy-vowel is not installed")
-    run_command("policy=every_nth", "policy.rate=0.2", *TINY, *TINY_BERT, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    run_dir = tmp_path / "run"
+    run_command("policy=every_nth", "policy.rate=0.2", *TINY, *TINY_BERT, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     results = json.loads((tmp_path / "run/results.json").read_text())
     assert results["policy"]["name"] == "every_nth"
     assert results["policy"]["params"]["_target_"] == "maskpolicy_vowel.EveryNthPolicy"

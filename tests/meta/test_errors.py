@@ -12,7 +12,10 @@ from maskpolicy.tasks.base import TaskError
 
 @pytest.mark.parametrize("group", ["policy", "task", "model", "trainer"])
 def test_unknown_names_list_the_available_ones(group):
-    with initialize_config_module("maskpolicy.conf", version_base="1.3"), pytest.raises(MissingConfigException) as error:
+    with (
+        initialize_config_module("maskpolicy.conf", version_base="1.3"),
+        pytest.raises(MissingConfigException) as error,
+    ):
         compose("pretrain", overrides=[f"{group}=no_such_thing"])
     assert f"Available options in '{group}'" in str(error.value)
 
@@ -50,6 +53,7 @@ def test_an_empty_task_corpus_is_refused_before_training(tiny_task, monkeypatch)
     with initialize_config_module("maskpolicy.conf", version_base="1.3"):
         cfg = compose("pretrain")
     original = pretrain_command.build
-    monkeypatch.setattr(pretrain_command, "build", lambda node, what: EmptyTask() if what == "task" else original(node, what))
+    fake_build = lambda node, what: EmptyTask() if what == "task" else original(node, what)  # noqa: E731
+    monkeypatch.setattr(pretrain_command, "build", fake_build)
     with pytest.raises(TaskError, match="empty pre-training corpus"):
         pretrain_command.setup(cfg)

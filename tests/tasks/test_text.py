@@ -18,7 +18,7 @@ def test_encoded_entities_decode_to_the_gold_span_text(tiny_task, tiny_tokenizer
     corpus = tiny_task.corpus()
     rows = encode_documents([d.text for d in corpus], [d.entities for d in corpus], tiny_tokenizer, 64)
     assert len(rows) == len(corpus)
-    for row, document in zip(rows, corpus):
+    for row, document in zip(rows, corpus, strict=True):
         for k, (start, end) in enumerate(document.entities):
             tokens = row["input_ids"][row["entity_ids"] == k]
             assert tiny_tokenizer.decode(tokens) == document.text[start:end]

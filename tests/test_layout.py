@@ -1,0 +1,48 @@
+"""The design's layout: four rooms at the root, imports flowing policies <- tasks <- meta."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {"policies": ("maskpolicy.tasks", "maskpolicy.meta"), "tasks": ("maskpolicy.meta",), "meta": ()}
+RELATIVE_ESCAPES = {"policies": ("tasks", "meta"), "tasks": ("meta",), "meta": ()}
+
+
+def imported_modules(path: Path) -> list[tuple[str, int]]:
+    """(module, relative level) for every import in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, 0) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module or "", node.level))
+    return found
+
+
+@pytest.mark.parametrize("room", sorted(FORBIDDEN))
+def test_imports_flow_one_way(room):
+    offenders = []
+    for path in sorted((ROOT / room).rglob("*.py")):
+        for module, level in imported_modules(path):
+            absolute = level == 0 and module.startswith(FORBIDDEN[room])
+            escapes = level >= 2 and module.split(".")[0] in RELATIVE_ESCAPES[room]
+            if absolute or escapes or (level == 0 and module.split(".")[0] in ("tasks", "meta")):
+                offenders.append(f"{path.relative_to(ROOT)} imports {'.' * level}{module}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_policies_depend_on_torch_only():
+    third_party = {m.split(".")[0] for p in (ROOT / "policies").rglob("*.py") for m, level in imported_modules(p)
+                   if level == 0}
+    assert third_party <= {"torch", "maskpolicy", "__future__", "collections", "dataclasses", "typing", "math",
+                           "importlib"}, third_party
+
+
+def test_the_root_holds_the_rooms_of_the_design():
+    rooms = {p.name for p in ROOT.iterdir() if not p.name.startswith(".") and p.name not in ("build", "dist")}
+    rooms -= {p for p in rooms if p.endswith(".egg-info") or p in ("outputs", "multirun")}
+    assert rooms <= {"policies", "tasks", "meta", "conf", "tests", "benchmarks", "pyproject.toml", "README.md",
+                     "Makefile", "LICENSE"}, rooms
+    assert {"policies", "tasks", "meta", "conf", "tests", "pyproject.toml", "README.md"} <= rooms

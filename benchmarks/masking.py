@@ -10,12 +10,18 @@ then times on that same batch:
 * ``transformers.DataCollatorForLanguageModeling.torch_mask_tokens`` on the
   tensorised batch, given ``special_tokens_mask`` (the collator's tensor path);
 * the same method with ``whole_word_mask=True`` and ``offset_mapping`` (its
-  whole-word path). It is slow, so it runs on a subset of rows and fewer
-  repetitions; tokens/s is per token, so the subset's rate stands for the batch.
+  whole-word path). It compares every pair of tokens in a row (``[B, L, L]``
+  tensors), so it runs on at most ``2**24 / L**2`` rows (the whole batch at
+  L=512) and for fewer rounds; its cost grows linearly with rows, so the subset's
+  tokens/s stands for the batch.
 
 Throughput counts every position of the ``[B, L]`` batch, padding included, and
 is the median over timed repetitions after warm-up. Methods are timed round-robin
-(one call of each per round) so load drift on the machine spreads evenly.
+(one call of each per round) so load drift on the machine spreads evenly; the
+"spread" column is the interquartile range over the median. The CPU time other
+processes used during the timing is printed (Linux), because on a small machine
+they distort the numbers: with 2 threads, a busy second core stalls each parallel
+op (reductions, indexing) by a scheduler tick, several milliseconds.
 
 Run: ``python benchmarks/masking.py [--json results.json] [--repeats 15]
 [--batch-size 64] [--length 512] [--threads N]``.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -45,7 +52,10 @@ from maskpolicy.policies import EntityPolicy, RandomPolicy, TokenBatch, availabl
 
 RATE = 0.15
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
+MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)
 
 # --------------------------------------------------------------------------- data
 
@@ -59,7 +69,10 @@ class TextWorld:
     a quarter of the tokens.
     """
 
-    SYLLABLES = ["ka", "lo", "mi", "ren", "tas", "vel", "dor", "in", "ex", "ul", "sa", "ber", "mon", "tri", "qua", "zel", "pho", "nar", "ist", "ga", "fe", "cor", "lun", "adr", "ot", "ive", "ment", "sion", "par", "ho", "bi", "stu", "wen"]
+    SYLLABLES = (
+        "ka", "lo", "mi", "ren", "tas", "vel", "dor", "in", "ex", "ul", "sa", "ber", "mon", "tri", "qua", "zel", "pho",
+        "nar", "ist", "ga", "fe", "cor", "lun", "adr", "ot", "ive", "ment", "sion", "par", "ho", "bi", "stu", "wen",
+    )
 
     def __init__(self, rng: random.Random, n_words: int = 6000) -> None:
         self.rng = rng
@@ -215,8 +228,10 @@ class Method:
 def policy_configs() -> dict[str, list[tuple[str, dict]]]:
     """The benchmarked configuration(s) of each built-in policy, by registry name."""
     return {
-        "random": [("random (exact count)", {"rate": RATE}), ("random (Bernoulli, exact=False)",
-                                                              {"rate": RATE, "exact": False})],
+        "random": [
+            ("random (exact count)", {"rate": RATE}),
+            ("random (Bernoulli, exact=False)", {"rate": RATE, "exact": False}),
+        ],
         "whole_word": [("whole_word", {"rate": RATE})],
         "span": [("span (p=0.2, max 10 tokens)", {"rate": RATE})],
         "entity": [("entity (shortfall=top_up)", {"rate": RATE, "shortfall": "top_up"})],
@@ -243,7 +258,8 @@ def make_methods(bench: Bench, wwm_rows: int, wwm_rounds: int) -> list[Method]:
                       n_tokens, note="corruption only; the mask is drawn once, outside the timing")]
 
     configs = policy_configs()
-    for seed, name in enumerate(available(), start=10):
+    names = [name for name in configs if name in available()] + [name for name in available() if name not in configs]
+    for seed, name in enumerate(names, start=10):
         for label, params in configs.get(name, [(f"{name} (plugin, defaults)", {})]):
             try:
                 policy = build(name, **params)
@@ -264,22 +280,36 @@ def make_methods(bench: Bench, wwm_rows: int, wwm_rounds: int) -> list[Method]:
     # torch_mask_tokens writes into its input, so each call gets a fresh copy (as the collator's own batch is).
     methods.append(Method(
         "HF tensor path", lambda: hf.torch_mask_tokens(batch.input_ids.clone(), special_tokens_mask=special)[1],
-        n_tokens, note="DataCollatorForLanguageModeling.torch_mask_tokens(inputs, special_tokens_mask)",
+        n_tokens, note=("DataCollatorForLanguageModeling(mlm_probability=0.15).torch_mask_tokens(inputs, "
+                        "special_tokens_mask): Bernoulli selection + 80/10/10, like the random exact=False row"),
     ))
-    rows = slice(0, min(wwm_rows, batch.input_ids.shape[0]))
+    n_rows, length = batch.input_ids.shape
+    rows = slice(0, min(wwm_rows or max(1, 2**24 // length**2), n_rows))
     ids, sub_special, sub_offsets = batch.input_ids[rows], special[rows], bench.offset_mapping[rows]
     methods.append(Method(
         "HF whole-word path",
         lambda: hf_wwm.torch_mask_tokens(ids.clone(), special_tokens_mask=sub_special, offset_mapping=sub_offsets)[1],
         ids.numel(), rounds=wwm_rounds,
-        note=(f"whole_word_mask=True, torch_mask_tokens(inputs, special_tokens_mask, offset_mapping) on "
-              f"{ids.shape[0]} of {batch.input_ids.shape[0]} rows, {wwm_rounds} timed rounds; HF forces "
-              "mask_replace_prob=1 (all [MASK], no random/keep) in this mode"),
+        note=(f"DataCollatorForLanguageModeling(whole_word_mask=True).torch_mask_tokens(inputs, "
+              f"special_tokens_mask, offset_mapping) on {ids.shape[0]} of {n_rows} rows, {wwm_rounds} timed "
+              "rounds; words come from offset gaps; HF forces mask_replace_prob=1 (all [MASK], no "
+              "random/keep) in this mode, so it does less corruption work than 80/10/10"),
     ))
     return methods
 
 
 # --------------------------------------------------------------------------- timing
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def time_methods(methods: list[Method], repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -315,7 +345,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per method (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's own")
-    parser.add_argument("--wwm-rows", type=int, default=16, help="rows of the batch given to HF whole-word masking")
+    parser.add_argument("--wwm-rows", type=int, default=0,
+                        help="rows given to HF whole-word masking; 0: as many as keep rows x L^2 <= 2^24")
     parser.add_argument("--wwm-repeats", type=int, default=5, help="timed rounds for HF whole-word masking")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
@@ -327,14 +358,19 @@ def main(argv: list[str] | None = None) -> dict:
     stats = describe(bench)
     methods = make_methods(bench, args.wwm_rows, min(args.wwm_repeats, args.repeats))
     setup_s = time.perf_counter() - start
+    busy0, own0, wall0 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     samples = time_methods(methods, args.repeats, args.warmup)
-
+    busy1, own1, wall1 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    # CPUs kept busy by other processes (and the hypervisor), on average, while timing.
+    others = None if busy0 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
     results = {}
     for method in methods:
         seconds = statistics.median(samples[method.name])
+        q1, _, q3 = statistics.quantiles(samples[method.name], n=4) if len(samples[method.name]) > 1 else (0, 0, 0)
         results[method.name] = {
             "tokens_per_s": method.tokens / seconds,
             "median_s": seconds,
+            "spread": (q3 - q1) / seconds,
             "samples_s": samples[method.name],
             "tokens_per_call": method.tokens,
             "masked_fraction": masked_fraction(method, bench.batch.maskable),
@@ -355,13 +391,21 @@ def main(argv: list[str] | None = None) -> dict:
           f"({stats['padding_fraction']:.1%} padding), {stats['tokens_per_word']:.2f} tokens/word, "
           f"{stats['entity_token_fraction']:.1%} of maskable tokens in entities, vocab {stats['vocab_size']}")
     print(f"median of {args.repeats} timed rounds after {args.warmup} warm-up calls; tokens/s counts all B x L "
-          "positions, padding included; every maskpolicy row is select + mlm_corrupt (80/10/10)\n")
-    header = f"{'method':<40} {'tokens/s (M)':>12} {'vs HF tensor':>13} {'vs HF WWM':>10} {'masked':>7}"
+          "positions, padding included; every maskpolicy row is select + mlm_corrupt (80/10/10)")
+    if others is not None:
+        print(f"other processes kept {others:.2f} of {os.cpu_count()} CPUs busy during the timing")
+        if others > 0.15:
+            print("WARNING: the machine was not idle. With several threads a busy core stalls parallel ops by "
+                  "a scheduler tick each, so these numbers can be several times too low; rerun on an idle "
+                  "machine, or compare with --threads 1.")
+    print()
+    header = (f"{'method':<40} {'tokens/s (M)':>12} {'vs HF tensor':>13} {'vs HF WWM':>10} {'spread':>7} "
+              f"{'masked':>7}")
     print(header)
     print("-" * len(header))
     for name, entry in results.items():
         print(f"{name:<40} {entry['tokens_per_s'] / 1e6:>12.2f} {entry['vs_hf_tensor']:>12.2f}x "
-              f"{entry['vs_hf_whole_word']:>9.1f}x {entry['masked_fraction']:>7.1%}")
+              f"{entry['vs_hf_whole_word']:>9.1f}x {entry['spread']:>7.0%} {entry['masked_fraction']:>7.1%}")
     print()
     for name, entry in results.items():
         if entry["note"]:
@@ -372,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": b, "length": length, "rate": RATE, "repeats": args.repeats, "warmup": args.warmup,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
         "tokenizers": tokenizers.__version__, "python": platform.python_version(), "machine": platform.machine(),
-        "batch_stats": stats, "methods": results,
+        "cpu_count": os.cpu_count(), "other_processes_cpus": others, "batch_stats": stats, "methods": results,
     }
     if args.json:
         with open(args.json, "w") as f:

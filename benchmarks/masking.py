@@ -23,7 +23,7 @@ processes used during the timing is printed (Linux), because on a small machine
 they distort the numbers: with 2 threads, a busy second core stalls each parallel
 op (reductions, indexing) by a scheduler tick, several milliseconds.
 
-Run: ``python benchmarks/masking.py [--json results.json] [--repeats 15]
+Run: ``python benchmarks/masking.py [--json results.json] [--repeats 30]
 [--batch-size 64] [--length 512] [--threads N]``.
 """
 
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=15, help="timed rounds per method (median reported)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed rounds per method (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's own")
     parser.add_argument("--wwm-rows", type=int, default=0,

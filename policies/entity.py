@@ -40,19 +40,17 @@ class EntityPolicy:
             )
         entities = dense_groups(batch.entity_ids, batch.maskable)
         target = budget(batch.maskable, self.rate)
-        if self.shortfall == "error":
-            short = (entities >= 0).sum(dim=1) < target
-            if bool(short.any()):
-                raise BudgetError(
-                    f"entity policy: {int(short.sum())} of {len(short)} sequences have fewer entity tokens than "
-                    f"the {self.rate:.0%} masking budget; set shortfall=top_up to fill the rest with random "
-                    "tokens, shortfall=allow to mask fewer, or lower the rate"
-                )
+        short = (entities >= 0).sum(dim=1) < target
+        if self.shortfall == "error" and bool(short.any()):
+            raise BudgetError(
+                f"entity policy: {int(short.sum())} of {len(short)} sequences have fewer entity tokens than "
+                f"the {self.rate:.0%} masking budget; set shortfall=top_up to fill the rest with random "
+                "tokens, shortfall=allow to mask fewer, or lower the rate"
+            )
         chosen = select_groups(entities, target, generator)
         if self.shortfall != "top_up":
             return chosen
         # only rows short of entity tokens are topped up; there every entity is already chosen
-        short = (entities >= 0).sum(dim=1) < target
         missing = torch.where(short, target - chosen.sum(dim=1), 0).clamp(min=0)
         keys = torch.rand(chosen.shape, generator=generator, device=chosen.device)
         return chosen | select_count(keys, batch.maskable & ~chosen, missing)

@@ -99,13 +99,12 @@ def partition_into_segments(units: Tensor, lengths: Tensor) -> Tensor:
     segment lengths with ``sum ≥`` the number of units. Returns the segment index
     of each token, ``-1`` where ``units`` is ``-1``.
     """
-    ends = lengths.cumsum(dim=1)
     # segment of unit u = number of ends ≤ u (searchsorted(ends, u, right=True)), read
     # off a cumulated histogram of the ends in linear time instead of a binary search
     # per token; ends past the last unit all land in one overflow bin.
     n_units = max(int(units.max()) + 1, 0) if units.numel() else 0
-    ends = ends.clamp(max=n_units)
-    histogram = torch.zeros(ends.shape[0], n_units + 1, dtype=ends.dtype, device=ends.device)
+    ends = lengths.cumsum(dim=1).clamp(0, n_units).long()
+    histogram = torch.zeros(ends.shape[0], n_units + 1, dtype=torch.long, device=ends.device)
     ends_up_to = histogram.scatter_add_(1, ends, torch.ones_like(ends)).cumsum(dim=1)
     segments = ends_up_to.gather(1, units.clamp(min=0))
     return torch.where(units >= 0, segments, -1)

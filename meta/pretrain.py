@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from maskpolicy.policies import MaskingPolicy, PolicyError
-from maskpolicy.tasks.base import Task, TaskError
+from maskpolicy.tasks.base import Document, Task, TaskError
 from maskpolicy.tasks.data import RowsDataModule
 from maskpolicy.tasks.models import ModelSpec
 from maskpolicy.tasks.pretraining import MaskedPretraining, build_corruption
@@ -53,6 +54,7 @@ def build(node: DictConfig, what: str) -> Any:
 @dataclass
 class Setup:
     task: Task
+    corpus: Sequence[Document]
     policy: MaskingPolicy
     spec: ModelSpec
     tokenizer: PreTrainedTokenizerBase
@@ -67,7 +69,7 @@ def setup(cfg: DictConfig) -> Setup:
         raise TaskError(f"task {task.name!r} produced an empty pre-training corpus; check its size or data path")
     tokenizer = spec.build_tokenizer(document.text for document in corpus)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    return Setup(task, policy, spec, tokenizer, spec.build_model(tokenizer))
+    return Setup(task, corpus, policy, spec, tokenizer, spec.build_model(tokenizer))
 
 
 def make_trainer(cfg: DictConfig, output_dir: Path, stage: str, **budget: Any) -> pl.Trainer:
@@ -80,10 +82,8 @@ def pretrain(cfg: DictConfig, run: Setup, output_dir: Path) -> dict[str, Any]:
     """Intermediate pre-training; resumes from ``checkpoints/pretrain/last.ckpt`` if present."""
     if cfg.pretrain.steps <= 0:
         return {"steps": 0, "tokens": 0, "masked_tokens": 0, "final_loss": None}
-    corpus = run.task.corpus()
-    rows = encode_documents(
-        [d.text for d in corpus], [d.entities for d in corpus], run.tokenizer, run.spec.max_length, run.spec.overflow
-    )
+    texts, spans = [d.text for d in run.corpus], [d.entities for d in run.corpus]
+    rows = encode_documents(texts, spans, run.tokenizer, run.spec.max_length, run.spec.overflow)
     data = RowsDataModule(rows, run.tokenizer.pad_token_id, batch_size=cfg.pretrain.batch_size)
     corruption = build_corruption(run.spec.kind, run.tokenizer, **cfg.pretrain.corruption)
     module = MaskedPretraining(

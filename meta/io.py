@@ -10,8 +10,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 PACKAGES = ("maskpolicy", "torch", "pytorch-lightning", "transformers", "tokenizers", "hydra-core", "optuna",
-            "higher", "numpy")
+            "higher", "numpy", "matplotlib")
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
@@ -19,8 +21,20 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(payload, handle, indent=2, sort_keys=False)
+        json.dump(payload, handle, indent=2, sort_keys=False, allow_nan=False)
         handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+    return path
+
+
+def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Writes a ``.npz`` of plain arrays (no pickled objects) via a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".npz", delete=False) as handle:
+        np.savez(handle, **{name: np.asarray(array) for name, array in arrays.items()})
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(handle.name, path)

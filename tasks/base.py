@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+import numpy as np
+from torch import Tensor
+
 Split = Literal["train", "dev", "test"]
 SPLITS: tuple[Split, ...] = ("train", "dev", "test")
 CharSpan = tuple[int, int]
@@ -58,4 +61,40 @@ class Task(Protocol):
 
     def qa(self, split: Split) -> Sequence[QAExample]:
         """Questions of one split; subjects of different splits are disjoint."""
+        ...
+
+
+@runtime_checkable
+class HeldOutText(Protocol):
+    """A task that can give text the pre-training corpus does not contain, for label-free scoring."""
+
+    def heldout(self) -> Sequence[Document]:
+        """Documents to score a pre-trained model on."""
+        ...
+
+
+@runtime_checkable
+class TractableTask(Protocol):
+    """A model whose likelihood and masked conditionals are exact, with data drawn from it.
+
+    The marginal-likelihood estimator is proven on these before it is trusted on a
+    masked LM. ``data()`` is ``[B, D]`` (real vectors or token ids).
+    """
+
+    name: str
+
+    def data(self) -> Tensor:
+        """The sequences to score, ``[B, D]``."""
+        ...
+
+    def log_likelihood(self, data: Tensor) -> Tensor:
+        """Exact ``log p(x)`` per row, ``Float64[B]``."""
+        ...
+
+    def masked_log_probs(self, inputs: Tensor, masks: Tensor) -> Tensor:
+        """Exact ``log p(x_j | x_{not M})`` at every masked ``j``, ``Float64[N, D]``; a ``MaskedPredictor``."""
+        ...
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The data and the true parameters, for ``data.npz``."""
         ...

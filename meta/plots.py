@@ -1,0 +1,53 @@
+"""Figures written next to ``results.json`` (PNG, no display needed)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_rate_curve(
+    path: Path,
+    rates: Sequence[float],
+    values: Sequence[float | None],
+    title: str,
+    exact_per_token: float | None = None,
+    estimate_per_token: float | None = None,
+    fixed_rates: Sequence[Mapping] = (),
+) -> Path:
+    """S_m (nats/token) against the masking rate m/D, with reference lines.
+
+    The exact log p(x)/D is the mean height of the curve; a fixed-rate estimate D·S_m
+    is the curve's height at one rate, so its distance from the exact line is its bias.
+    """
+    figure, axis = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    points = [(r, v) for r, v in zip(rates, values, strict=True) if v is not None and not math.isnan(v)]
+    axis.plot(*zip(*points, strict=True), marker="o", markersize=3, label="S_m (per-rate mean log-prob)")
+    if exact_per_token is not None:
+        axis.axhline(exact_per_token, color="black", linestyle="--", label=f"exact log p(x)/D = {exact_per_token:.4f}")
+    if estimate_per_token is not None:
+        axis.axhline(estimate_per_token, color="tab:green", linestyle=":",
+                     label=f"cumulative estimate/D = {estimate_per_token:.4f}")
+    for point in fixed_rates:
+        axis.plot(point["rate_used"], point["nats_per_token"], marker="s", color="tab:red", linestyle="none")
+        axis.annotate(f"{point['rate']:.0%}", (point["rate_used"], point["nats_per_token"]),
+                      textcoords="offset points", xytext=(4, 4), fontsize=8, color="tab:red")
+    if fixed_rates:
+        axis.plot([], [], marker="s", color="tab:red", linestyle="none", label="fixed-rate estimates D·S_m / D")
+    axis.set_xlabel("masking rate m / D")
+    axis.set_ylabel("nats per token")
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.name}.tmp")
+    figure.savefig(temporary, format="png")
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path

@@ -1,0 +1,33 @@
+"""Exact and learned masked predictors for the marginal-likelihood estimator in ``meta.mll``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+
+class MaskedLMPredictor:
+    """``log p(x_j | x_{not M})`` from a Hugging Face masked LM, for every masked ``j`` in one pass.
+
+    Masked positions are replaced by ``mask_token_id``; padding (``pad_token_id``) is
+    excluded from attention. Runs without autograd, on the model's device.
+    """
+
+    def __init__(self, model: PreTrainedModel, mask_token_id: int, pad_token_id: int | None = None) -> None:
+        self.model, self.mask_token_id, self.pad_token_id = model, mask_token_id, pad_token_id
+
+    @torch.inference_mode()
+    def __call__(self, inputs: Tensor, masks: Tensor) -> Tensor:
+        """``inputs`` ``Long[N, L]``, ``masks`` ``Bool[N, L]`` → ``Float[N, L]`` log-probabilities of the inputs."""
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            ids = inputs.masked_fill(masks, self.mask_token_id).to(device)
+            attention = torch.ones_like(ids) if self.pad_token_id is None else (inputs != self.pad_token_id).long()
+            logits = self.model(input_ids=ids, attention_mask=attention.to(device)).logits.float()
+        finally:
+            self.model.train(was_training)
+        chosen = logits.gather(-1, inputs.to(device)[..., None]).squeeze(-1)
+        return (chosen - logits.logsumexp(-1)).cpu()

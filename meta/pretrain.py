@@ -32,8 +32,11 @@ from maskpolicy.tasks.text import encode_documents
 
 from .io import versions, write_json_atomic
 from .plugins import register_plugin_policies
+from .scoring import heldout_documents, score_text
 
 log = logging.getLogger(__name__)
+MLL_FIELDS = ("estimate", "stderr", "nats_per_token", "bits_per_token", "estimator", "reduction", "forward_passes",
+              "sequences", "tokens")
 
 
 class ConfigError(ValueError):
@@ -64,6 +67,11 @@ class Setup:
 def setup(cfg: DictConfig) -> Setup:
     """Builds everything a run needs from its config, model weights seeded by ``cfg.seed``."""
     task, policy, spec = build(cfg.task, "task"), build(cfg.policy, "policy"), build(cfg.model, "model")
+    if not isinstance(task, Task):
+        raise TaskError(
+            f"task {getattr(task, 'name', type(task).__name__)!r} has no text corpus and QA to pre-train on; "
+            "tractable tasks (ppca, hmm) are for maskpolicy-score"
+        )
     corpus = task.corpus()
     if not corpus:
         raise TaskError(f"task {task.name!r} produced an empty pre-training corpus; check its size or data path")
@@ -111,6 +119,22 @@ def pretrain(cfg: DictConfig, run: Setup, output_dir: Path) -> dict[str, Any]:
     }
 
 
+def score(cfg: DictConfig, run: Setup) -> dict[str, Any] | None:
+    """The pre-trained model's cumulative masked-prediction estimate of log p(held-out text)."""
+    options = cfg.score
+    if not options.enabled:
+        return None
+    if run.spec.kind != "masked_lm":
+        log.info("mll score skipped: a %s model has no masked-LM conditionals to score", run.spec.kind)
+        return None
+    started = time.perf_counter()
+    estimate = score_text(run.model, run.tokenizer, heldout_documents(run.task), run.spec.max_length,
+                          options.estimator, options.passes, options.rate, options.max_sequences,
+                          options.batch_size, cfg.seed)
+    summary = estimate.summary("mean")
+    return {key: summary[key] for key in MLL_FIELDS} | {"seconds": round(time.perf_counter() - started, 2)}
+
+
 def finetune(cfg: DictConfig, run: Setup, output_dir: Path) -> dict[str, float]:
     """Fine-tunes on QA-train, keeps the epoch with the best dev EM, scores it on test."""
     encode = lambda split: encode_qa(run.task.qa(split), run.tokenizer, run.spec.kind, run.spec.max_length)  # noqa: E731
@@ -138,6 +162,7 @@ def run_pretrain(cfg: DictConfig, output_dir: Path, policy_name: str, task_name:
     started = time.perf_counter()
     run = setup(cfg)
     pretrained = pretrain(cfg, run, output_dir)
+    mll = score(cfg, run)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     downstream = finetune(cfg, run, output_dir)
     results = {
@@ -148,6 +173,7 @@ def run_pretrain(cfg: DictConfig, output_dir: Path, policy_name: str, task_name:
         "seed": cfg.seed,
         "downstream": downstream,
         "pretrain": pretrained,
+        "mll": mll,
         "wall_seconds": round(time.perf_counter() - started, 2),
         "versions": versions(),
     }

@@ -183,6 +183,15 @@ class BioWorld:
         """
         return tuple(example for _, example in self._questions[_check_split(split)])
 
+    def heldout(self) -> tuple[Document, ...]:
+        """One unseen biography per person (a new paraphrase and sentence order), for label-free scoring.
+
+        The facts are the pre-training corpus's; the wording is not, so a model scores
+        well only by having stored the facts rather than the exact documents.
+        """
+        variant = self.biographies_per_person
+        return tuple(self._biography(person, variant)[0] for person in self.people)
+
     # -- helpers ----------------------------------------------------------------
 
     def biographies(self, person: Person | str) -> tuple[Document, ...]:

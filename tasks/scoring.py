@@ -11,7 +11,8 @@ class MaskedLMPredictor:
     """``log p(x_j | x_{not M})`` from a Hugging Face masked LM, for every masked ``j`` in one pass.
 
     Masked positions are replaced by ``mask_token_id``; padding (``pad_token_id``) is
-    excluded from attention. Runs without autograd, on the model's device.
+    excluded from attention and trimmed off when a whole chunk ends in it (rows of
+    similar length arrive together). Runs without autograd, on the model's device.
     """
 
     def __init__(self, model: PreTrainedModel, mask_token_id: int, pad_token_id: int | None = None) -> None:
@@ -21,13 +22,17 @@ class MaskedLMPredictor:
     def __call__(self, inputs: Tensor, masks: Tensor) -> Tensor:
         """``inputs`` ``Long[N, L]``, ``masks`` ``Bool[N, L]`` → ``Float[N, L]`` log-probabilities of the inputs."""
         device = next(self.model.parameters()).device
+        attention = torch.ones_like(inputs) if self.pad_token_id is None else (inputs != self.pad_token_id).long()
+        width = int(attention.any(0).nonzero().max()) + 1
+        targets = inputs[:, :width].to(device)
+        ids = targets.masked_fill(masks[:, :width].to(device), self.mask_token_id)
         was_training = self.model.training
         self.model.eval()
         try:
-            ids = inputs.masked_fill(masks, self.mask_token_id).to(device)
-            attention = torch.ones_like(ids) if self.pad_token_id is None else (inputs != self.pad_token_id).long()
-            logits = self.model(input_ids=ids, attention_mask=attention.to(device)).logits.float()
+            logits = self.model(input_ids=ids, attention_mask=attention[:, :width].to(device)).logits.float()
         finally:
             self.model.train(was_training)
-        chosen = logits.gather(-1, inputs.to(device)[..., None]).squeeze(-1)
-        return (chosen - logits.logsumexp(-1)).cpu()
+        chosen = logits.gather(-1, targets[..., None]).squeeze(-1)
+        log_probs = torch.zeros(inputs.shape, dtype=torch.float32)
+        log_probs[:, :width] = (chosen - logits.logsumexp(-1)).cpu()
+        return log_probs

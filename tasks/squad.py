@@ -110,6 +110,14 @@ class SquadTask:
             raise TaskError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
         return tuple(q for p in self._paragraphs if self._split_of(p) == split for q in p.questions)
 
+    def heldout(self) -> tuple[Document, ...]:
+        """The QA-dev subjects' paragraphs, for label-free scoring.
+
+        Closed-book QA pre-trains on every paragraph, so this text is *in* the corpus:
+        on SQuAD the score measures how well the model fits its corpus, not generalisation.
+        """
+        return tuple(d for d, p in zip(self.corpus(), self._paragraphs, strict=True) if self._split_of(p) == "dev")
+
     # -- helpers ----------------------------------------------------------------
 
     def answer_spans(self, split: Split | None = None) -> tuple[tuple[CharSpan, ...], ...]:

@@ -90,6 +90,11 @@ def all_masks(length: int) -> Tensor:
 
 def masks_of_size(length: int, size: int) -> Tensor:
     """All C(length, size) masks of ``size`` positions."""
+    if length <= MAX_EXHAUSTIVE_LENGTH:
+        masks = all_masks(length)
+        return masks[masks.sum(1) == size]
+    if size > length // 2:  # torch.combinations builds length**size candidates; take complements instead
+        return ~masks_of_size(length, length - size) if size < length else torch.ones(1, length, dtype=torch.bool)
     chosen = torch.combinations(torch.arange(length), r=size)
     masks = torch.zeros(len(chosen), length, dtype=torch.bool)
     return masks.scatter_(1, chosen, True)
@@ -158,14 +163,12 @@ class Stratified:
 
 
 def _allocate(total: int, width: Tensor) -> Tensor:
-    """Splits ``total`` draws over strata in proportion to ``width`` (largest remainders), ≥ 2 each."""
-    share = total * width.double() / width.sum()
-    draws = share.floor().long().clamp(min=2)
-    leftover = total - int(draws.sum())
-    if leftover > 0:
-        order = (share - share.floor()).argsort(descending=True)
-        draws[order[:leftover]] += 1
-    return draws
+    """Splits exactly ``total`` draws over strata: two each, the rest in proportion to ``width``."""
+    share = (total - 2 * len(width)) * width.double() / width.sum()
+    draws = share.floor().long()
+    order = (share - draws).argsort(descending=True)
+    draws[order[: total - 2 * len(width) - int(draws.sum())]] += 1
+    return draws + 2
 
 
 @dataclass(frozen=True)

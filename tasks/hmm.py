@@ -41,6 +41,7 @@ class HMMTask:
         seed: seeds the parameters and, through them, the data.
         concentration: of the symmetric Dirichlet each probability row is drawn from;
             small values give peaked rows (a more predictable chain).
+        save_data: ``maskpolicy-score`` writes the data and true parameters to ``data.npz``.
     """
 
     name = "hmm"
@@ -53,6 +54,7 @@ class HMMTask:
         n_sequences: int = 200,
         seed: int = 0,
         concentration: float = 0.5,
+        save_data: bool = False,
     ) -> None:
         _check_count("n_states", n_states, 1, MAX_STATES)
         _check_count("n_symbols", n_symbols, 2, MAX_SYMBOLS)
@@ -67,6 +69,7 @@ class HMMTask:
             )
         self.n_states, self.n_symbols, self.length = int(n_states), int(n_symbols), int(length)
         self.n_sequences, self.seed, self.concentration = int(n_sequences), int(seed), float(concentration)
+        self.save_data = bool(save_data)
         generator = torch.Generator().manual_seed(self.seed)
         self.initial = _dirichlet_rows(1, self.n_states, self.concentration, generator)[0]
         self.transition = _dirichlet_rows(self.n_states, self.n_states, self.concentration, generator)

@@ -31,23 +31,27 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
 def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (task, model, policy): metric means ± spread over seeds, and cost."""
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
-    for result in results:
+    for result in (r for r in results if "downstream" in r):
         groups[(result["task"]["name"], result["model"]["name"], result["policy"]["name"])].append(result)
     rows = []
     for (task, model, policy), runs in sorted(groups.items()):
         row: dict[str, Any] = {"task": task, "model": model, "policy": policy, "seeds": len(runs)}
         for metric in METRICS:
             row[metric], row[f"{metric}_spread"] = mean_spread([r["downstream"][metric] for r in runs])
+        scores = [r["mll"]["nats_per_token"] for r in runs if r.get("mll")]
+        row["mll_nats_per_token"], row["mll_nats_per_token_spread"] = mean_spread(scores) if scores else (None, None)
         row["wall_seconds"] = statistics.fmean(r["wall_seconds"] for r in runs)
         rows.append(row)
     return rows
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    header = f"{'task':<10} {'model':<12} {'policy':<14} {'seeds':>5} " + " ".join(f"{m:>15}" for m in METRICS)
+    columns = (*METRICS, "mll_nats_per_token")
+    header = f"{'task':<10} {'model':<12} {'policy':<14} {'seeds':>5} " + " ".join(f"{m:>18}" for m in columns)
     lines = [header, "-" * len(header)]
     for row in rows:
-        cells = " ".join(f"{row[m]:>8.3f} ± {row[m + '_spread']:.3f}" for m in METRICS)
+        cells = " ".join(f"{'—':>18}" if row[m] is None else f"{row[m]:>11.3f} ± {row[m + '_spread']:.3f}"
+                         for m in columns)
         lines.append(f"{row['task']:<10} {row['model']:<12} {row['policy']:<14} {row['seeds']:>5} {cells}")
     return "\n".join(lines)
 

@@ -34,12 +34,17 @@ class TokenBatch:
             words. Tokens of one word are contiguous.
         entity_ids: ``Long[B, L]`` or None; entity-span index of each token, ``-1``
             outside entity spans. Tokens of one span are contiguous.
+        features: ``Long[B, L, F]`` or None; word-level categorical features (see
+            :mod:`.features`), channel ``f`` named ``feature_names[f]``.
+        feature_names: the names of the ``F`` feature channels.
     """
 
     input_ids: Tensor
     maskable: Tensor
     word_ids: Tensor | None = None
     entity_ids: Tensor | None = None
+    features: Tensor | None = None
+    feature_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.input_ids.dim() != 2:
@@ -53,11 +58,19 @@ class TokenBatch:
             ids = getattr(self, field)
             if ids is not None and ids.shape != self.input_ids.shape:
                 raise PolicyError(f"{field} must be shaped like input_ids, got {tuple(ids.shape)}")
+        if self.features is not None and (
+            self.features.shape[:2] != self.input_ids.shape or self.features.shape[2:] != (len(self.feature_names),)
+        ):
+            raise PolicyError(
+                f"features must be [batch, length, {len(self.feature_names)}] (one channel per feature name), "
+                f"got {tuple(self.features.shape)}"
+            )
 
     def rows(self, index: Tensor) -> TokenBatch:
         """The sub-batch of the given row indices."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return TokenBatch(self.input_ids[index], self.maskable[index], pick(self.word_ids), pick(self.entity_ids))
+        return TokenBatch(self.input_ids[index], self.maskable[index], pick(self.word_ids), pick(self.entity_ids),
+                          pick(self.features), self.feature_names)
 
 
 @runtime_checkable

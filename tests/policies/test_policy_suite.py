@@ -56,14 +56,14 @@ def seeded(seed: int) -> torch.Generator:
 def clone(batch: TokenBatch) -> TokenBatch:
     """A deep copy: every tensor field cloned."""
     fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-    return dataclasses.replace(batch, **{name: None if t is None else t.clone() for name, t in fields.items()})
+    return dataclasses.replace(batch, **{name: t.clone() for name, t in fields.items() if isinstance(t, torch.Tensor)})
 
 
 def assert_batches_equal(a: TokenBatch, b: TokenBatch) -> None:
     for field in dataclasses.fields(a):
         x, y = getattr(a, field.name), getattr(b, field.name)
         assert (x is None) == (y is None), field.name
-        if x is not None:
+        if isinstance(x, torch.Tensor):
             assert x.dtype == y.dtype and torch.equal(x, y), f"{field.name} was modified"
 
 

@@ -1,0 +1,41 @@
+"""The word-level features a learned policy reads: names and sizes, shared by tasks and policies.
+
+Each feature is a categorical id per token in ``[0, size)``; id 0 means "none"
+(special tokens, padding, a token outside any word). The features describe the
+*word* a token belongs to, not the token id, so a policy trained with one tokenizer
+or corpus still reads a batch from another. ``tasks.features`` computes them from text.
+
+======================  ====  ==================================================================
+name                    size  value (ids ≥ 1)
+======================  ====  ==================================================================
+``word``                4096  hash of the lower-cased word (stable across runs), 1 + crc32 mod 4095
+``shape``                  8  lower, Capitalised, UPPER, digits, alphanumeric mix, punctuation, other
+``position``               9  word index in its sentence: 0, 1, 2, 3, 4–5, 6–8, 9–12, 13–20, 21+
+``entity``                 3  outside an entity span, first word of a span, later word of a span
+``frequency``             16  1 + floor(log2(count of the lower-cased word in the corpus)), capped
+``subword``                3  first token of its word, a continuation token
+======================  ====  ==================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .base import PolicyError
+
+FEATURE_SIZES: dict[str, int] = {"word": 4096, "shape": 8, "position": 9, "entity": 3, "frequency": 16, "subword": 3}
+FEATURES: tuple[str, ...] = tuple(FEATURE_SIZES)
+# What transfers between tasks with different vocabularies: everything but the hashed word.
+PORTABLE_FEATURES: tuple[str, ...] = ("shape", "position", "entity", "frequency", "subword")
+
+
+def check_features(names: Sequence[str]) -> tuple[str, ...]:
+    """Validates a feature list: known names, no repeats, at least one."""
+    names = tuple(names)
+    unknown = [name for name in names if name not in FEATURE_SIZES]
+    if unknown or not names or len(set(names)) != len(names):
+        raise PolicyError(
+            f"features must be distinct names from {', '.join(FEATURES)}; got {list(names)}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    return names

@@ -3,6 +3,8 @@
 from .base import BudgetError, MaskingPolicy, PolicyError, TokenBatch, check_rate
 from .corruption import IGNORE_INDEX, Seq2SeqBatch, mlm_corrupt, sentinel_corrupt
 from .entity import EntityPolicy
+from .features import FEATURE_SIZES, FEATURES, PORTABLE_FEATURES
+from .learned import LearnedPolicy, TokenScorer
 from .mixture import MixturePolicy
 from .registry import ENTRY_POINT_GROUP, available, build, resolve
 from .span import SpanPolicy
@@ -14,6 +16,10 @@ __all__ = [
     "IGNORE_INDEX",
     "BudgetError",
     "EntityPolicy",
+    "FEATURES",
+    "FEATURE_SIZES",
+    "LearnedPolicy",
+    "PORTABLE_FEATURES",
     "MaskingPolicy",
     "MixturePolicy",
     "PolicyError",
@@ -21,6 +27,7 @@ __all__ = [
     "Seq2SeqBatch",
     "SpanPolicy",
     "TokenBatch",
+    "TokenScorer",
     "WholeWordPolicy",
     "available",
     "build",

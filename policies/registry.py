@@ -18,6 +18,7 @@ from typing import Any
 
 from .base import MaskingPolicy, PolicyError
 from .entity import EntityPolicy
+from .learned import LearnedPolicy
 from .mixture import MixturePolicy
 from .span import SpanPolicy
 from .token import RandomPolicy
@@ -31,6 +32,7 @@ BUILTIN: dict[str, Callable[..., MaskingPolicy]] = {
     "span": SpanPolicy,
     "entity": EntityPolicy,
     "mixture": MixturePolicy,
+    "learned": LearnedPolicy,
 }
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from maskpolicy.policies import TokenBatch
+from maskpolicy.policies.features import FEATURE_SIZES, FEATURES
 
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
 FIRST_WORD_ID = 10
@@ -73,8 +74,27 @@ def make_batch(n_rows: int, length: int, seed: int = 0) -> TokenBatch:
         input_ids.append([CLS, *a[0], SEP, *b[0], SEP] + [PAD] * padding)
         word_ids.append([-1, *a[1], -1, *b[1], -1] + [-1] * padding)
         entity_ids.append([-1, *a[2], -1, *b[2], -1] + [-1] * padding)
-    input_ids = torch.tensor(input_ids)
-    return TokenBatch(input_ids, input_ids >= FIRST_WORD_ID, torch.tensor(word_ids), torch.tensor(entity_ids))
+    input_ids, word_ids = torch.tensor(input_ids), torch.tensor(word_ids)
+    features = word_features(word_ids, torch.tensor(entity_ids), seed)
+    return TokenBatch(input_ids, input_ids >= FIRST_WORD_ID, word_ids, torch.tensor(entity_ids), features, FEATURES)
+
+
+def word_features(word_ids: torch.Tensor, entity_ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """``Long[B, L, F]`` stand-in word features: a seeded random id per word and channel, 0 outside words.
+
+    ``entity`` and ``subword`` follow the batch's entity and word ids, as real ones do.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sizes = torch.tensor([FEATURE_SIZES[name] for name in FEATURES])
+    per_word = (torch.rand(int(word_ids.max()) + 1, len(FEATURES), generator=generator) * (sizes - 1)).long() + 1
+    features = torch.where((word_ids >= 0)[..., None], per_word[word_ids.clamp(min=0)], 0)
+    previous_word = torch.nn.functional.pad(word_ids[:, :-1], (1, 0), value=-1)
+    previous_entity = torch.nn.functional.pad(entity_ids[:, :-1], (1, 0), value=-1)
+    subword = torch.where(word_ids < 0, 0, torch.where(previous_word == word_ids, 2, 1))
+    entity = torch.where(entity_ids < 0, 0, torch.where(previous_entity == entity_ids, 2, 1))
+    features[..., FEATURES.index("subword")] = subword
+    features[..., FEATURES.index("entity")] = entity
+    return features
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from maskpolicy.policies import (
     available,
     build,
 )
+from maskpolicy.policies.features import FEATURES
 
 Factory = Callable[[float], MaskingPolicy]
 
@@ -53,6 +54,13 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def featured(input_ids: torch.Tensor, maskable: torch.Tensor, word_ids: torch.Tensor, entity_ids: torch.Tensor
+             ) -> TokenBatch:
+    """A hand-made batch with feature 1 in every channel at word tokens, 0 elsewhere."""
+    features = (word_ids >= 0).long()[..., None].expand(*word_ids.shape, len(FEATURES)).clone()
+    return TokenBatch(input_ids, maskable, word_ids, entity_ids, features, FEATURES)
+
+
 def clone(batch: TokenBatch) -> TokenBatch:
     """A deep copy: every tensor field cloned."""
     fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
@@ -76,7 +84,7 @@ def full_coverage_batch(length: int, n_rows: int = 3) -> TokenBatch:
     positions = torch.arange(length).expand(n_rows, length)
     word_ids = torch.where(maskable, positions // 2, -1)
     entity_ids = torch.where(maskable, positions // 5, -1)
-    return TokenBatch(input_ids, maskable, word_ids, entity_ids)
+    return featured(input_ids, maskable, word_ids, entity_ids)
 
 
 @pytest.fixture(params=CASES)
@@ -144,7 +152,7 @@ def test_inputs_not_mutated(case: str, big_batch: TokenBatch) -> None:
 def test_rows_without_maskable_tokens_give_no_mask(case: str) -> None:
     input_ids = torch.tensor([[1, 2, 0, 0, 0], [1, 2, 2, 0, 0], [1, 2, 2, 2, 2]])
     no_ids = torch.full_like(input_ids, -1)
-    batch = TokenBatch(input_ids, torch.zeros_like(input_ids, dtype=torch.bool), no_ids, no_ids.clone())
+    batch = featured(input_ids, torch.zeros_like(input_ids, dtype=torch.bool), no_ids, no_ids.clone())
     mask = make_policy(case, 0.4).select(batch, seeded(9))
     assert mask.shape == input_ids.shape and mask.dtype == torch.bool
     assert not mask.any()
@@ -163,7 +171,7 @@ def test_some_rows_without_maskable_tokens(case: str, batch_factory: Callable[..
 
 def test_empty_batch(case: str) -> None:
     empty = torch.zeros((0, 6), dtype=torch.long)
-    batch = TokenBatch(empty, empty.bool(), empty.clone(), empty.clone())
+    batch = featured(empty, empty.bool(), empty.clone(), empty.clone())
     mask = make_policy(case, 0.15).select(batch, seeded(11))
     assert mask.shape == (0, 6) and mask.dtype == torch.bool
 
@@ -181,7 +189,7 @@ def test_batch_of_one_row(case: str, big_batch: TokenBatch) -> None:
 @pytest.mark.parametrize("rate", [0.15, 0.4, 1.0])
 def test_length_one_sequences(case: str, rate: float) -> None:
     # One maskable token (its own word and entity), one special token, one padding token.
-    batch = TokenBatch(
+    batch = featured(
         torch.tensor([[42], [1], [0]]),
         torch.tensor([[True], [False], [False]]),
         torch.tensor([[5], [-1], [-1]]),

@@ -1,0 +1,125 @@
+"""A learned masking policy: a small token scorer over word-level features.
+
+The scorer sees only the features of :mod:`.features` (hashed word, shape, position in
+sentence, entity tag, corpus frequency, subword place), never token ids, so a policy
+trained with one tokenizer or task can mask text of another. Masks take each row's
+budget, round(rate · n) tokens, by the scores: Gumbel top-k (sampling without
+replacement, proportional to softmax(logit / temperature)) or plain top-k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .base import PolicyError, TokenBatch, check_rate
+from .features import FEATURE_SIZES, FEATURES, check_features
+from .ops import budget, select_count
+
+Sampling = Literal["gumbel", "topk"]
+
+
+class TokenScorer(nn.Module):
+    """Masking logit per token: feature embeddings (summed over channels) → BiLSTM → linear.
+
+    Padding at the end of a row does not change the row's scores (sequences are
+    packed to their last featured token).
+    """
+
+    def __init__(self, features: Sequence[str] = FEATURES, embedding_dim: int = 32, hidden_size: int = 32) -> None:
+        super().__init__()
+        self.features = check_features(features)
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(FEATURE_SIZES[name], embedding_dim, padding_idx=0) for name in self.features
+        )
+        self.encoder = nn.LSTM(embedding_dim, hidden_size, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden_size, 1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """``features`` ``Long[B, L, F]`` (channels in ``self.features`` order) → logits ``Float[B, L]``."""
+        if features.shape[0] == 0 or features.shape[1] == 0:
+            return torch.zeros(features.shape[:2], device=features.device)
+        embedded = sum(embedding(features[..., i]) for i, embedding in enumerate(self.embeddings))
+        featured = (features != 0).any(-1)
+        positions = torch.arange(features.shape[1], device=features.device)
+        lengths = torch.where(featured, positions + 1, 0).amax(1).clamp(min=1)
+        packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        hidden, _ = self.encoder(packed)
+        hidden, _ = nn.utils.rnn.pad_packed_sequence(hidden, batch_first=True, total_length=features.shape[1])
+        return self.head(hidden).squeeze(-1)
+
+
+class LearnedPolicy:
+    """Masks the tokens a trained :class:`TokenScorer` rates highest.
+
+    Args:
+        rate: fraction of maskable tokens to mask per row, in (0, 1].
+        features: the feature names the scorer reads (a subset of :data:`.features.FEATURES`).
+        embedding_dim, hidden_size: scorer sizes.
+        sampling: ``"gumbel"`` (Gumbel top-k: varied masks that follow the scores) or
+            ``"topk"`` (always the highest-scoring tokens).
+        temperature: divides the logits before Gumbel sampling; lower is greedier.
+        seed: initialises the scorer's weights (an untrained policy is a seeded random scorer).
+        scorer: trained weights to use instead of a fresh scorer.
+    """
+
+    def __init__(
+        self,
+        rate: float = 0.15,
+        features: Sequence[str] = FEATURES,
+        embedding_dim: int = 32,
+        hidden_size: int = 32,
+        sampling: Sampling = "gumbel",
+        temperature: float = 1.0,
+        seed: int = 0,
+        scorer: TokenScorer | None = None,
+    ) -> None:
+        self.rate = check_rate(rate)
+        if sampling not in ("gumbel", "topk"):
+            raise PolicyError(f"learned policy sampling must be 'gumbel' or 'topk', got {sampling!r}")
+        if not temperature > 0:
+            raise PolicyError(f"learned policy temperature must be > 0, got {temperature}")
+        self.sampling, self.temperature = sampling, float(temperature)
+        if scorer is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                scorer = TokenScorer(features, embedding_dim, hidden_size)
+        self.scorer = scorer
+        self.source: dict | None = None  # where a loaded policy came from (set by the artifact loader)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.scorer.features
+
+    def logits(self, batch: TokenBatch) -> Tensor:
+        """Differentiable masking logits ``Float[B, L]``; ``-inf`` where a token is not maskable."""
+        self.scorer.to(batch.input_ids.device)
+        scores = self.scorer(self._channels(batch))
+        return scores.masked_fill(~batch.maskable, float("-inf"))
+
+    def select(self, batch: TokenBatch, generator: torch.Generator) -> Tensor:
+        with torch.no_grad():
+            logits = self.logits(batch)
+        if self.sampling == "gumbel":
+            uniform = torch.rand(logits.shape, generator=generator, device=logits.device)
+            logits = logits / self.temperature - torch.log(-torch.log(uniform.clamp(min=1e-20)))
+        return select_count(-logits, batch.maskable, budget(batch.maskable, self.rate))
+
+    def _channels(self, batch: TokenBatch) -> Tensor:
+        """The batch's feature channels in the scorer's order."""
+        if batch.features is None:
+            raise PolicyError(
+                "the learned policy reads word features, but this batch has none; encode text with "
+                "features (maskpolicy.tasks.features) so TokenBatch.features is set"
+            )
+        missing = [name for name in self.features if name not in batch.feature_names]
+        if missing:
+            raise PolicyError(
+                f"the learned policy needs features {list(self.features)}; the batch lacks {missing} "
+                f"(it has {list(batch.feature_names)})"
+            )
+        index = torch.tensor([batch.feature_names.index(name) for name in self.features], device=batch.features.device)
+        return batch.features.index_select(2, index)

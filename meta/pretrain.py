@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from maskpolicy.policies import MaskingPolicy, PolicyError
 from maskpolicy.tasks.base import Document, Task, TaskError
 from maskpolicy.tasks.data import RowsDataModule
+from maskpolicy.tasks.features import FeatureSpec, word_counts
 from maskpolicy.tasks.models import ModelSpec
 from maskpolicy.tasks.pretraining import MaskedPretraining, build_corruption
 from maskpolicy.tasks.qa import QAFineTuning, encode_qa
@@ -91,7 +92,8 @@ def pretrain(cfg: DictConfig, run: Setup, output_dir: Path) -> dict[str, Any]:
     if cfg.pretrain.steps <= 0:
         return {"steps": 0, "tokens": 0, "masked_tokens": 0, "final_loss": None}
     texts, spans = [d.text for d in run.corpus], [d.entities for d in run.corpus]
-    rows = encode_documents(texts, spans, run.tokenizer, run.spec.max_length, run.spec.overflow)
+    rows = encode_documents(texts, spans, run.tokenizer, run.spec.max_length, run.spec.overflow,
+                            features=FeatureSpec(counts=word_counts(texts)))
     data = RowsDataModule(rows, run.tokenizer.pad_token_id, batch_size=cfg.pretrain.batch_size)
     corruption = build_corruption(run.spec.kind, run.tokenizer, **cfg.pretrain.corruption)
     module = MaskedPretraining(
@@ -166,7 +168,7 @@ def run_pretrain(cfg: DictConfig, output_dir: Path, policy_name: str, task_name:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     downstream = finetune(cfg, run, output_dir)
     results = {
-        "policy": {"name": policy_name, "params": _params(cfg.policy)},
+        "policy": {"name": policy_name, "params": _params(cfg.policy), "source": getattr(run.policy, "source", None)},
         "task": {"name": task_name, "params": _params(cfg.task)},
         "model": {"name": model_name, "params": _params(cfg.model),
                   "parameters": sum(p.numel() for p in run.model.parameters())},

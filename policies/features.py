@@ -10,8 +10,8 @@ name                    size  value (ids ≥ 1)
 ======================  ====  ==================================================================
 ``word``                4096  hash of the lower-cased word (stable across runs), 1 + crc32 mod 4095
 ``shape``                  8  lower, Capitalised, UPPER, digits, alphanumeric mix, punctuation, other
-``position``               9  word index in its sentence: 0, 1, 2, 3, 4–5, 6–8, 9–12, 13–20, 21+
-``entity``                 3  outside an entity span, first word of a span, later word of a span
+``position``              10  word index in its sentence: 0, 1, 2, 3, 4–5, 6–8, 9–12, 13–20, 21+
+``entity``                 3  first word of an entity span, a later word of the span (0: outside any span)
 ``frequency``             16  1 + floor(log2(count of the lower-cased word in the corpus)), capped
 ``subword``                3  first token of its word, a continuation token
 ======================  ====  ==================================================================
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from .base import PolicyError
 
-FEATURE_SIZES: dict[str, int] = {"word": 4096, "shape": 8, "position": 9, "entity": 3, "frequency": 16, "subword": 3}
+FEATURE_SIZES: dict[str, int] = {"word": 4096, "shape": 8, "position": 10, "entity": 3, "frequency": 16, "subword": 3}
 FEATURES: tuple[str, ...] = tuple(FEATURE_SIZES)
 # What transfers between tasks with different vocabularies: everything but the hashed word.
 PORTABLE_FEATURES: tuple[str, ...] = ("shape", "position", "entity", "frequency", "subword")

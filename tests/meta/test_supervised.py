@@ -1,0 +1,97 @@
+"""Direct supervision: a policy learns to mask the answers the downstream task asks about."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from maskpolicy.meta.artifacts import load_policy
+from maskpolicy.meta.learn import run_meta
+from maskpolicy.meta.pretrain import ConfigError
+from maskpolicy.meta.supervised import (
+    answer_spans,
+    compare_with_heuristics,
+    encode_answers,
+    feature_spec,
+    train_supervised,
+)
+from maskpolicy.policies import PORTABLE_FEATURES, LearnedPolicy, PolicyError
+from maskpolicy.tasks.base import TaskError
+from maskpolicy.tasks.bioworld import BioWorld
+from maskpolicy.tasks.models import ModelSpec
+
+SMALL = ["task.n_people=40", "task.biographies_per_person=2", "meta.supervised.epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def world() -> BioWorld:
+    return BioWorld(n_people=60, biographies_per_person=2)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(world):
+    return ModelSpec().build_tokenizer(d.text for d in world.corpus())
+
+
+def test_answer_spans_cover_exactly_the_answers(world):
+    spans = answer_spans(world, "dev")
+    questions = world.qa("dev")
+    assert len(spans) == len({q.context for q in questions}) == 15
+    for context, found in spans.items():
+        answers = sorted(q.answer for q in questions if q.context == context)
+        assert sorted(context[start:end] for start, end in found) == answers
+
+
+def test_answer_labels_mark_the_answer_tokens(world, tokenizer):
+    data = encode_answers(world, "dev", tokenizer, 128, feature_spec(world, PORTABLE_FEATURES))
+    first = world.qa("dev")[0].context
+    row, labels = data.rows[0], data.answers[0]
+    answers = {q.answer for q in world.qa("dev") if q.context == first}
+    marked = tokenizer.decode(row["input_ids"][labels]).split()
+    assert set(marked) == answers and row["features"].shape == (len(labels), len(PORTABLE_FEATURES))
+
+
+def test_supervision_beats_entity_and_random_masking_on_held_out_answers(world, tokenizer):
+    spec = feature_spec(world, PORTABLE_FEATURES)
+    train = encode_answers(world, "train", tokenizer, 128, spec)
+    dev = encode_answers(world, "dev", tokenizer, 128, spec)
+    policy = LearnedPolicy(features=PORTABLE_FEATURES, seed=0)
+    losses = train_supervised(policy, train, tokenizer.pad_token_id, epochs=30, seed=0)
+    assert losses[-1] < 0.25 * losses[0]
+    scores = compare_with_heuristics(policy, dev, tokenizer.pad_token_id)
+    assert scores["learned_topk"]["recall"] > 0.9 and scores["learned_topk"]["precision"] > 0.8
+    assert scores["learned"]["recall"] > scores["entity"]["recall"] > scores["random"]["recall"]
+    assert scores["learned"]["masked_tokens"] == scores["random"]["masked_tokens"]  # the same budget
+
+
+def test_a_task_without_answer_offsets_cannot_supervise(tiny_task):
+    with pytest.raises(TaskError, match="no answer offsets .* direct supervision needs them"):
+        answer_spans(tiny_task, "train")
+
+
+def config(*overrides: str):
+    with initialize_config_module("maskpolicy.conf", version_base="1.3"):
+        return compose("meta", overrides=list(overrides))
+
+
+def test_the_command_writes_results_and_a_loadable_policy(tmp_path):
+    results = run_meta(config(*SMALL), tmp_path, "bioworld")
+    assert results["method"] == "supervised" and results["evaluation"]["split"] == "dev"
+    assert set(results["evaluation"]) >= {"learned", "learned_topk", "entity", "random"}
+    assert len(results["history"]["loss"]) == 3
+    policy = load_policy(tmp_path / "policy")
+    assert policy.source["training"]["method"] == "supervised"
+    assert policy.source["training"]["task"]["params"]["n_people"] == 40
+    assert json.loads((tmp_path / "results.json").read_text())["policy"]["artifact"] == "policy"
+
+
+def test_bad_method_or_policy_is_refused_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="meta.method must be one of supervised, meta"):
+        run_meta(config(*SMALL, "meta.method=reinforce"), tmp_path, "bioworld")
+    with pytest.raises(PolicyError, match="trains a LearnedPolicy"):
+        run_meta(config(*SMALL, "policy._target_=maskpolicy.policies.RandomPolicy", "~policy.features",
+                        "~policy.embedding_dim", "~policy.hidden_size", "~policy.sampling", "~policy.temperature",
+                        "~policy.seed"), tmp_path, "bioworld")
+    assert not (tmp_path / "results.json").exists()

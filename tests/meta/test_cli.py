@@ -23,8 +23,8 @@ TINY_BART = ["model=tiny_bart", "model.config.d_model=32", "model.config.encoder
              "model.config.decoder_ffn_dim=64"]
 
 
-def run_command(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "maskpolicy.meta.pretrain", *overrides]
+def run_command(*overrides: str, cwd: Path, module: str = "maskpolicy.meta.pretrain") -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", module, *overrides]
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

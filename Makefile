@@ -34,6 +34,9 @@ demo: install
 
 benchmark: install
 	$(BIN)/python benchmarks/masking.py
+	$(BIN)/python benchmarks/mll.py --threads 1
+	$(BIN)/python benchmarks/hmm_gap.py
+	$(BIN)/python benchmarks/meta_step.py --threads 1
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from maskpolicy.tasks.base import TractableTask
@@ -40,7 +40,7 @@ def run_score(cfg: DictConfig, output_dir: Path, task_name: str) -> dict[str, An
         results, exact = _score_tractable(cfg, task, output_dir)
     else:
         results, exact = _score_text(cfg, task), None
-    results.update(task={"name": task_name, "params": dict(cfg.task)}, seed=cfg.seed,
+    results.update(task={"name": task_name, "params": OmegaConf.to_container(cfg.task, resolve=True)}, seed=cfg.seed,
                    wall_seconds=round(time.perf_counter() - started, 2), versions=versions())
     write_json_atomic(output_dir / "results.json", results)
     if options.plot:

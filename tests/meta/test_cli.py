@@ -34,9 +34,10 @@ def run_command(*overrides: str, cwd: Path, module: str = "maskpolicy.meta.pretr
 def test_one_run_writes_complete_results(tmp_path):
     run_command("policy=entity", "seed=1", *TINY, *TINY_BERT, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     results = json.loads((tmp_path / "run/results.json").read_text())
-    assert {"policy", "task", "model", "seed", "downstream", "pretrain", "wall_seconds", "versions"} <= set(results)
+    assert {"policy", "task", "model", "seed", "downstream", "pretrain", "mll", "wall_seconds", "versions"} <= set(
+        results)
     assert results["policy"] == {"name": "entity", "params": {"_target_": "maskpolicy.policies.EntityPolicy",
-                                                              "rate": 0.15, "shortfall": "error"}}
+                                                              "rate": 0.15, "shortfall": "error"}, "source": None}
     assert results["task"]["name"] == "bioworld" and results["task"]["params"]["n_people"] == 40
     assert results["seed"] == 1 and results["pretrain"]["steps"] == 6
     pretrained = results["pretrain"]

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
+from maskpolicy.meta.artifacts import save_policy
 from maskpolicy.meta.pretrain import build
-from maskpolicy.policies import MaskingPolicy
+from maskpolicy.policies import LearnedPolicy, MaskingPolicy
 from maskpolicy.tasks.base import Task, TaskError, TractableTask
 from maskpolicy.tasks.models import ModelSpec
 
@@ -18,12 +19,12 @@ EXTRA = {"model/hf_masked_lm": ["model.pretrained=bert-base-uncased"],
 GROUP_YAMLS = sorted(str(p.relative_to(CONF).with_suffix("")) for p in CONF.glob("*/*.yaml"))
 
 
-def compose_with(option: str):
+def compose_with(option: str, *overrides: str):
     group, name = option.split("/")
     with initialize_config_module("maskpolicy.conf", version_base="1.3"):
         if group == "tagger":
             return compose("pretrain", overrides=[f"+tagger={name}"]).tagger
-        return compose("pretrain", overrides=[f"{group}={name}", *EXTRA.get(option, [])])[group]
+        return compose("pretrain", overrides=[f"{group}={name}", *EXTRA.get(option, []), *overrides])[group]
 
 
 def test_every_group_option_is_covered():
@@ -32,10 +33,14 @@ def test_every_group_option_is_covered():
 
 
 @pytest.mark.parametrize("option", GROUP_YAMLS)
-def test_group_option_instantiates(option):
+def test_group_option_instantiates(option, tmp_path):
     if option == "task/squad" and not SQUAD_SAMPLE.exists():
         pytest.skip("shared SQuAD sample not present")
-    node = compose_with(option)
+    overrides = []
+    if option == "policy/artifact":  # a saved policy to point at
+        save_policy(LearnedPolicy(), tmp_path / "policy", {"method": "none"})
+        overrides.append(f"policy.path={tmp_path / 'policy'}")
+    node = compose_with(option, *overrides)
     if option == "tagger/spacy":
         try:
             import spacy  # noqa: F401

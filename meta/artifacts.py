@@ -21,7 +21,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from maskpolicy.policies import LearnedPolicy, PolicyError, TokenScorer
+from maskpolicy.policies import FEATURE_SIZES, LearnedPolicy, PolicyError, TokenScorer
 
 from .io import versions
 
@@ -56,6 +56,7 @@ def save_policy(policy: LearnedPolicy, path: str | os.PathLike, training: dict[s
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "policy": {"class": "learned", "params": policy_params(policy)},
+        "feature_sizes": {name: FEATURE_SIZES[name] for name in policy.features},
         "weights": {"file": WEIGHTS, "sha256": _sha256(staging / WEIGHTS)},
         "training": training,
         "versions": versions(),
@@ -115,6 +116,7 @@ def load_policy(
         raise ArtifactError(f"{path}: unknown policy class {policy_card.get('class')!r}; known: "
                             f"{', '.join(POLICY_CLASSES)}")
     params = dict(policy_card.get("params", {}))
+    _check_feature_schema(path, card)
     overrides = {"rate": rate, "sampling": sampling, "temperature": temperature}
     params.update({key: value for key, value in overrides.items() if value is not None})
     scorer = TokenScorer(params["features"], params["embedding_dim"], params["hidden_size"])
@@ -123,6 +125,17 @@ def load_policy(
     policy = POLICY_CLASSES[policy_card["class"]](**params, scorer=scorer)
     policy.source = {"path": str(path.resolve()), "training": card.get("training", {}), "created": card.get("created")}
     return policy
+
+
+def _check_feature_schema(path: Path, card: dict[str, Any]) -> None:
+    """The features the policy was trained on must still mean the same ids here."""
+    for name, size in card.get("feature_sizes", {}).items():
+        if FEATURE_SIZES.get(name) != size:
+            now = "is not defined" if name not in FEATURE_SIZES else f"has size {FEATURE_SIZES[name]}"
+            raise ArtifactError(
+                f"{path} was trained with feature {name!r} of size {size}, but in this maskpolicy it {now}; "
+                "the feature schema changed (maskpolicy.policies.features): re-train the policy"
+            )
 
 
 def _read_weights(path: Path, card: dict[str, Any], scorer: TokenScorer) -> dict:

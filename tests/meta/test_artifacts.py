@@ -116,3 +116,13 @@ def test_an_unknown_policy_class_is_refused(saved):
     (path / CARD).write_text(json.dumps(card))
     with pytest.raises(ArtifactError, match="unknown policy class 'pickled'"):
         load_policy(path)
+
+
+def test_a_policy_from_another_feature_schema_asks_for_retraining(saved):
+    _, path = saved
+    card = json.loads((path / CARD).read_text())
+    assert card["feature_sizes"]["position"] == FEATURE_SIZES["position"]
+    card["feature_sizes"]["position"] = 9
+    (path / CARD).write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="feature 'position' of size 9, but in this maskpolicy it has size 10"):
+        load_policy(path)

@@ -44,6 +44,7 @@ import numpy as np
 import tokenizers
 import torch
 import transformers
+from machine import busy_cpu_seconds  # benchmarks/ is on sys.path when a script here runs
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from torch import Tensor
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
@@ -299,17 +300,6 @@ def make_methods(bench: Bench, wwm_rows: int, wwm_rounds: int) -> list[Method]:
 
 
 # --------------------------------------------------------------------------- timing
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy (Linux ``/proc/stat``), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def time_methods(methods: list[Method], repeats: int, warmup: int) -> dict[str, list[float]]:

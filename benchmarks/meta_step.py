@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import torch
 import transformers
+from machine import busy_cpu_seconds  # benchmarks/ is on sys.path when a script here runs
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForMaskedLM
@@ -160,17 +161,6 @@ def time_configurations(
     return samples
 
 
-def machine_busy_seconds() -> float | None:
-    """CPU seconds all processes on the machine have run so far (Linux ``/proc/stat``), or None elsewhere."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle, iowait = ticks[3], ticks[4] if len(ticks) > 4 else 0
-    return (sum(ticks[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
-
-
 def peak_rss_mib() -> float:
     """This process's peak resident set size in MiB: ``VmHWM`` on Linux, else ``ru_maxrss`` (see module doc)."""
     try:
@@ -262,11 +252,11 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     bench = make_bench(args.rows, args.length, args.vocab, args.attn_implementation)
     steps = configurations()
-    busy, own, wall = machine_busy_seconds(), time.process_time(), time.perf_counter()
+    busy, own, wall = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     samples = time_configurations(bench, steps, args.repeats, args.warmup)
     others = None
     if busy is not None:
-        others = max(0.0, machine_busy_seconds() - busy - (time.process_time() - own)) / (time.perf_counter() - wall)
+        others = max(0.0, busy_cpu_seconds() - busy - (time.process_time() - own)) / (time.perf_counter() - wall)
     memory = {} if args.no_memory else measure_memory(list(steps), args)
     results = summarise(samples, memory)
 

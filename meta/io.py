@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 PACKAGES = ("maskpolicy", "torch", "pytorch-lightning", "transformers", "tokenizers", "hydra-core", "optuna",
             "higher", "numpy", "matplotlib")
@@ -39,6 +40,11 @@ def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> 
         os.fsync(handle.fileno())
     os.replace(handle.name, path)
     return path
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain, JSON-ready Python containers (interpolations resolved)."""
+    return OmegaConf.to_container(node, resolve=True)
 
 
 def versions() -> dict[str, str | None]:

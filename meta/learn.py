@@ -16,13 +16,13 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from maskpolicy.policies import LearnedPolicy, PolicyError
 from maskpolicy.tasks.base import Task, TaskError
 
 from .artifacts import save_policy
-from .io import versions, write_json_atomic
+from .io import plain, versions, write_json_atomic
 from .pretrain import ConfigError, build
 from .supervised import compare_with_heuristics, encode_answers, feature_spec, train_supervised
 
@@ -54,13 +54,13 @@ def run_meta(cfg: DictConfig, output_dir: Path, task_name: str) -> dict[str, Any
 
         history = train_meta(cfg, task, spec, tokenizer, policy, features)
     evaluation = compare_with_heuristics(policy, evaluation_rows, tokenizer.pad_token_id, seed=cfg.seed)
-    training = {"method": method, "task": {"name": task_name, "params": _params(cfg.task)},
+    training = {"method": method, "task": {"name": task_name, "params": plain(cfg.task)},
                 "train_split": cfg.meta.train_split, "metrics": {cfg.meta.eval_split: evaluation}, "seed": cfg.seed}
     save_policy(policy, output_dir / "policy", training)
     results = {
         "method": method,
         "task": training["task"],
-        "policy": {"params": _params(cfg.policy), "artifact": "policy"},
+        "policy": {"params": plain(cfg.policy), "artifact": "policy"},
         "evaluation": {"split": cfg.meta.eval_split, **evaluation},
         "history": history,
         "seed": cfg.seed,
@@ -69,10 +69,6 @@ def run_meta(cfg: DictConfig, output_dir: Path, task_name: str) -> dict[str, Any
     }
     write_json_atomic(output_dir / "results.json", results)
     return results
-
-
-def _params(node: DictConfig) -> dict:
-    return OmegaConf.to_container(node, resolve=True)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://maskpolicy.conf", config_name="meta")

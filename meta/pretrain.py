@@ -17,7 +17,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -31,7 +31,7 @@ from maskpolicy.tasks.pretraining import MaskedPretraining, build_corruption
 from maskpolicy.tasks.qa import QAFineTuning, encode_qa
 from maskpolicy.tasks.text import encode_documents
 
-from .io import versions, write_json_atomic
+from .io import plain, versions, write_json_atomic
 from .plugins import register_plugin_policies
 from .scoring import heldout_documents, score_text
 
@@ -168,9 +168,9 @@ def run_pretrain(cfg: DictConfig, output_dir: Path, policy_name: str, task_name:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     downstream = finetune(cfg, run, output_dir)
     results = {
-        "policy": {"name": policy_name, "params": _params(cfg.policy), "source": getattr(run.policy, "source", None)},
-        "task": {"name": task_name, "params": _params(cfg.task)},
-        "model": {"name": model_name, "params": _params(cfg.model),
+        "policy": {"name": policy_name, "params": plain(cfg.policy), "source": getattr(run.policy, "source", None)},
+        "task": {"name": task_name, "params": plain(cfg.task)},
+        "model": {"name": model_name, "params": plain(cfg.model),
                   "parameters": sum(p.numel() for p in run.model.parameters())},
         "seed": cfg.seed,
         "downstream": downstream,
@@ -181,10 +181,6 @@ def run_pretrain(cfg: DictConfig, output_dir: Path, policy_name: str, task_name:
     }
     write_json_atomic(output_dir / "results.json", results)
     return results
-
-
-def _params(node: DictConfig) -> dict:
-    return OmegaConf.to_container(node, resolve=True)
 
 
 register_plugin_policies()

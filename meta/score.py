@@ -16,12 +16,12 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from maskpolicy.tasks.base import TractableTask
 
-from .io import versions, write_json_atomic, write_npz_atomic
+from .io import plain, versions, write_json_atomic, write_npz_atomic
 from .mll import FixedRate, MLLEstimate, build_estimator, estimate_mll
 from .plots import plot_rate_curve
 from .pretrain import ConfigError, build
@@ -40,7 +40,7 @@ def run_score(cfg: DictConfig, output_dir: Path, task_name: str) -> dict[str, An
         results, exact = _score_tractable(cfg, task, output_dir)
     else:
         results, exact = _score_text(cfg, task), None
-    results.update(task={"name": task_name, "params": OmegaConf.to_container(cfg.task, resolve=True)}, seed=cfg.seed,
+    results.update(task={"name": task_name, "params": plain(cfg.task)}, seed=cfg.seed,
                    wall_seconds=round(time.perf_counter() - started, 2), versions=versions())
     write_json_atomic(output_dir / "results.json", results)
     if options.plot:

@@ -28,11 +28,20 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def policy_label(policy: dict[str, Any]) -> str:
+    """The policy's name; a saved policy adds how it was trained and the folder it was saved in."""
+    source = policy.get("source")
+    if not source:
+        return policy["name"]
+    method = source.get("training", {}).get("method", "?")
+    return f"{policy['name']}[{method}:{Path(source['path']).parent.name}]"
+
+
 def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (task, model, policy): metric means ± spread over seeds, and cost."""
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for result in (r for r in results if "downstream" in r):
-        groups[(result["task"]["name"], result["model"]["name"], result["policy"]["name"])].append(result)
+        groups[(result["task"]["name"], result["model"]["name"], policy_label(result["policy"]))].append(result)
     rows = []
     for (task, model, policy), runs in sorted(groups.items()):
         row: dict[str, Any] = {"task": task, "model": model, "policy": policy, "seeds": len(runs)}
@@ -47,12 +56,13 @@ def summarize(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     columns = (*METRICS, "mll_nats_per_token")
-    header = f"{'task':<10} {'model':<12} {'policy':<14} {'seeds':>5} " + " ".join(f"{m:>18}" for m in columns)
+    width = max([14, *(len(row["policy"]) for row in rows)])
+    header = f"{'task':<10} {'model':<12} {'policy':<{width}} {'seeds':>5} " + " ".join(f"{m:>18}" for m in columns)
     lines = [header, "-" * len(header)]
     for row in rows:
         cells = " ".join(f"{'—':>18}" if row[m] is None else f"{row[m]:>11.3f} ± {row[m + '_spread']:.3f}"
                          for m in columns)
-        lines.append(f"{row['task']:<10} {row['model']:<12} {row['policy']:<14} {row['seeds']:>5} {cells}")
+        lines.append(f"{row['task']:<10} {row['model']:<12} {row['policy']:<{width}} {row['seeds']:>5} {cells}")
     return "\n".join(lines)
 
 

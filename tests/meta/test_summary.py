@@ -23,3 +23,12 @@ def test_rows_average_over_seeds_and_carry_the_score():
     assert random["mll_nats_per_token"] is None
     table = format_table(rows)
     assert "-2.500 ± 0.707" in table and "—" in table.splitlines()[-1]
+
+
+def test_saved_policies_are_told_apart_by_method_and_folder():
+    supervised, meta = result("artifact", 0, 0.5, -3.0), result("artifact", 0, 0.4, -3.5)
+    supervised["policy"]["source"] = {"path": "/runs/a/policy", "training": {"method": "supervised"}}
+    meta["policy"]["source"] = {"path": "/runs/b/policy", "training": {"method": "meta"}}
+    rows = summarize([supervised, meta])
+    assert [row["policy"] for row in rows] == ["artifact[meta:b]", "artifact[supervised:a]"]
+    assert "artifact[supervised:a]" in format_table(rows)

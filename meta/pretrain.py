@@ -137,15 +137,18 @@ def score(cfg: DictConfig, run: Setup) -> dict[str, Any] | None:
     return {key: summary[key] for key in MLL_FIELDS} | {"seconds": round(time.perf_counter() - started, 2)}
 
 
-def finetune(cfg: DictConfig, run: Setup, output_dir: Path) -> dict[str, float]:
-    """Fine-tunes on QA-train, keeps the epoch with the best dev EM, scores it on test."""
+def finetune(cfg: DictConfig, run: Setup, output_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> dict[str, float]:
+    """Fine-tunes on QA-train, keeps the epoch with the best dev EM, scores it on test.
+
+    ``callbacks`` join the trainer's (the search's pruning callback reads dev EM per epoch).
+    """
     encode = lambda split: encode_qa(run.task.qa(split), run.tokenizer, run.spec.kind, run.spec.max_length)  # noqa: E731
     data = RowsDataModule(encode("train"), run.tokenizer.pad_token_id, dev=encode("dev"), test=encode("test"),
                           batch_size=cfg.finetune.batch_size)
     module = QAFineTuning(run.model, run.tokenizer, run.spec.kind, cfg.finetune.learning_rate,
                           cfg.finetune.weight_decay, cfg.finetune.warmup_fraction)
     best = ModelCheckpoint(output_dir / "checkpoints" / "finetune", monitor="dev/em", mode="max", save_top_k=1)
-    trainer = make_trainer(cfg, output_dir, "finetune", max_epochs=cfg.finetune.epochs, callbacks=[best])
+    trainer = make_trainer(cfg, output_dir, "finetune", max_epochs=cfg.finetune.epochs, callbacks=[best, *callbacks])
     trainer.fit(module, datamodule=data)
     trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)  # loads the best-dev epoch
     trainer.validate(module, datamodule=data, verbose=False)  # its dev scores, exact rather than float32 logs
@@ -159,14 +162,15 @@ def _best_epoch(checkpoint: ModelCheckpoint) -> int | None:
     return int(name.split("epoch=")[1].split("-")[0]) if "epoch=" in name else None
 
 
-def run_pretrain(cfg: DictConfig, output_dir: Path, policy_name: str, task_name: str, model_name: str) -> dict:
+def run_pretrain(cfg: DictConfig, output_dir: Path, policy_name: str, task_name: str, model_name: str,
+                 finetune_callbacks: Sequence[pl.Callback] = ()) -> dict:
     """The whole job; returns and writes ``results.json``."""
     started = time.perf_counter()
     run = setup(cfg)
     pretrained = pretrain(cfg, run, output_dir)
     mll = score(cfg, run)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    downstream = finetune(cfg, run, output_dir)
+    downstream = finetune(cfg, run, output_dir, finetune_callbacks)
     results = {
         "policy": {"name": policy_name, "params": plain(cfg.policy), "source": getattr(run.policy, "source", None)},
         "task": {"name": task_name, "params": plain(cfg.task)},

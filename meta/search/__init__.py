@@ -1,0 +1,1 @@
+"""The Optuna search over masking policies: its space, engines and pruning callback."""

@@ -1,0 +1,134 @@
+"""maskpolicy-search end to end, in real subprocesses: results, resume, kill, workers, failures, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+
+TINY = ["task.n_people=40", "task.biographies_per_person=2", "pretrain.steps=6", "pretrain.batch_size=8",
+        "pretrain.checkpoint_every=6", "finetune.epochs=2", "finetune.batch_size=8", "score.passes=4",
+        "score.max_sequences=20", "trainer.enable_progress_bar=false", "search.n_workers=1",
+        "search.final.seeds=[0]", "search.heartbeat_interval=1", "search.grace_period=3"]
+
+
+def command(*overrides: str) -> list[str]:
+    return [sys.executable, "-m", "maskpolicy.meta.search.cli", *TINY, *overrides]
+
+
+def run(*overrides: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(command(*overrides), cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"}, stdin=subprocess.DEVNULL)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def study_of(run_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name="maskpolicy", storage=f"sqlite:///{run_dir / 'study.db'}")
+
+
+def test_a_search_writes_leaderboard_report_and_best_policy(tmp_path):
+    out = tmp_path / "run"
+    run("search.n_trials=4", f"hydra.run.dir={out}", cwd=tmp_path)
+    study = study_of(out)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
+    board = json.loads((out / "leaderboard.json").read_text())
+    families = {t.params["family"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert {row["family"] for row in board} == families and [row["rank"] for row in board] == list(
+        range(1, len(board) + 1))
+    assert all(row["test_em"] is not None and row["seeds"] == 1 for row in board)
+    assert (out / "leaderboard.csv").read_text().startswith("rank,label,family")
+    summary = json.loads((out / "search.json").read_text())
+    assert summary["finished_trials"] == 4 and summary["best"]["label"] == board[0]["label"]
+    html = (out / "report.html").read_text()
+    assert "<script src" not in html and "data:image/png;base64," in html
+    assert (out / "best_policy").is_dir() or (out / "best_policy.yaml").is_file()
+
+
+def test_re_running_resumes_and_tops_up_the_study(tmp_path):
+    out = tmp_path / "run"
+    run("search.n_trials=2", f"hydra.run.dir={out}", cwd=tmp_path)
+    first = {t.number: t.params for t in study_of(out).get_trials()}
+    run("search.n_trials=3", f"hydra.run.dir={out}", cwd=tmp_path)
+    trials = study_of(out).get_trials()
+    assert len(trials) == 3 and {t.number: t.params for t in trials if t.number in first} == first
+
+
+def test_a_killed_worker_is_resumed_and_its_trial_retried(tmp_path):
+    out = tmp_path / "run"
+    slow = ["pretrain.steps=400", "search.n_trials=2", f"hydra.run.dir={out}"]
+    process = subprocess.Popen(command(*slow), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (out / "study.db").exists() and any((out / "trials").glob("*/pretrain/metrics.csv")):
+            break
+        time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed = study_of(out).get_trials()
+    assert [t.state for t in killed] == [TrialState.RUNNING]
+    time.sleep(4)  # past the grace period: the next start marks the silent trial failed
+    run("search.n_trials=2", "pretrain.steps=6", f"hydra.run.dir={out}", cwd=tmp_path)
+    trials = study_of(out).get_trials()
+    assert trials[0].state == TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert retried and retried[0].params == killed[0].params
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
+
+
+def test_two_workers_record_every_trial_exactly_once(tmp_path):
+    out = tmp_path / "run"
+    run("search.n_trials=4", "search.n_workers=2", f"hydra.run.dir={out}", cwd=tmp_path)
+    trials = study_of(out).get_trials()
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials))) and len(trials) >= 4
+    assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) >= 4
+    assert sorted(p.name for p in (out / "trials").iterdir()) == [f"{n:04d}" for n in sorted(numbers)]
+    assert (out / "workers/worker-1.out").exists()
+
+
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path):
+    out = tmp_path / "run"
+    space = ["search.space.families={entity: {rate: 0.9, shortfall: error}, random: {rate: 0.2}}"]
+    run("search.n_trials=3", "search.sampler=random", *space, f"hydra.run.dir={out}", cwd=tmp_path)
+    trials = study_of(out).get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all("BudgetError" in t.user_attrs["failure"] for t in failed)
+    assert all(t.params["family"] == "entity" for t in failed)
+    assert any(t.state == TrialState.COMPLETE for t in trials)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["search.sampler=annealing"], "unknown sampler 'annealing'"),
+     (["search.pruner=early"], "unknown pruner 'early'"),
+     (["search.space.families={}"], "the search space has no families"),
+     (["search.storage=postgresql://nobody@127.0.0.1:1/none"], "postgresql"),
+     (["search.objectives=[accuracy]"], "search.objectives must be"),
+     (["+search.space.budget={pretrain.stepz: 5}"], "the run config does not have")],
+)
+def test_bad_settings_fail_before_any_training(tmp_path, overrides, message):
+    out = tmp_path / "run"
+    done = run(*overrides, f"hydra.run.dir={out}", cwd=tmp_path, check=False)
+    assert done.returncode != 0 and message in done.stderr
+    assert not (out / "trials").exists()
+
+
+def test_multirun_gives_one_study_per_combination_and_a_combined_leaderboard(tmp_path):
+    sweep = tmp_path / "sweep"
+    run("--multirun", "seed=0,1", "search.n_trials=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert (sweep / "0/study.db").exists() and (sweep / "1/study.db").exists()
+    rows = json.loads((sweep / "leaderboard.json").read_text())
+    assert {row["study"] for row in rows} == {"seed=0", "seed=1"}

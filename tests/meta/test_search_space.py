@@ -1,0 +1,249 @@
+"""The search space: parsing, validation before any training, conditional suggestions, grids."""
+
+from __future__ import annotations
+
+import hydra.utils
+import optuna
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from maskpolicy.meta.search.space import SearchSpace, SearchSpaceError, grid
+from maskpolicy.policies import (
+    EntityPolicy,
+    LearnedPolicy,
+    MaskingPolicy,
+    MixturePolicy,
+    RandomPolicy,
+    SpanPolicy,
+    TokenBatch,
+    available,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SPACE = yaml.safe_load("""
+families:
+  random: {rate: {type: float, low: 0.05, high: 0.5}}
+  span:
+    rate: {type: float, low: 0.05, high: 0.5}
+    p: {type: float, low: 0.1, high: 0.5, log: true}
+    max_length: 10
+  whole_word: {rate: {type: categorical, choices: [0.15, 0.3]}}
+  entity:
+    rate: {type: float, low: 0.05, high: 0.5}
+    shortfall: top_up
+  mixture:
+    rate: {type: float, low: 0.05, high: 0.5}
+    weights.entity: {type: float, low: 0.0, high: 1.0}
+    weights.random: {type: float, low: 0.0, high: 1.0}
+    components.entity.shortfall: top_up
+  learned:
+    rate: {type: float, low: 0.1, high: 0.4}
+    hidden_size: {type: int, low: 8, high: 32, step: 8}
+    meta.method: {type: categorical, choices: [supervised, meta]}
+  span_words:
+    _target_: maskpolicy.policies.SpanPolicy
+    unit: word
+budget:
+  pretrain.steps: {type: int, low: 500, high: 1500, step: 500}
+""")
+SEARCHED = {
+    "random": {"random.rate"},
+    "span": {"span.rate", "span.p"},
+    "whole_word": {"whole_word.rate"},
+    "entity": {"entity.rate"},
+    "mixture": {"mixture.rate", "mixture.weights.entity", "mixture.weights.random"},
+    "learned": {"learned.rate", "learned.hidden_size", "learned.meta.method"},
+    "span_words": set(),
+}
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return SearchSpace.from_config(SPACE)
+
+
+def with_family(family: str, **params) -> dict:
+    """A copy of SPACE with one family replaced."""
+    return {"families": {family: params}}
+
+
+def tiny_batch() -> TokenBatch:
+    ids = torch.arange(2 * 12).view(2, 12)
+    words = torch.arange(12).div(2, rounding_mode="floor").expand(2, 12)
+    entities = torch.tensor([-1, 0, 0, -1, 1, 1, -1, -1, 2, -1, -1, -1]).expand(2, 12)
+    return TokenBatch(ids, torch.ones(2, 12, dtype=torch.bool), word_ids=words, entity_ids=entities)
+
+
+def test_a_fixed_trial_draws_only_the_chosen_family(space):
+    trial = optuna.trial.FixedTrial({"family": "span", "span.rate": 0.2, "span.p": 0.3, "pretrain.steps": 1000})
+    suggestion = space.suggest(trial)
+    assert suggestion.family == "span"
+    assert suggestion.policy == {"_target_": "maskpolicy.policies.span.SpanPolicy", "rate": 0.2, "p": 0.3,
+                                 "max_length": 10}
+    assert suggestion.overrides == {"pretrain.steps": 1000}
+    policy = hydra.utils.instantiate(suggestion.policy)
+    assert isinstance(policy, SpanPolicy) and (policy.rate, policy.p, policy.max_length) == (0.2, 0.3, 10)
+
+
+def test_study_trials_hold_the_drawn_family_params_within_their_ranges(space):
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        trial = study.ask()
+        suggestion = space.suggest(trial)
+        study.tell(trial, 0.0)
+        assert set(trial.params) == {"family", "pretrain.steps"} | SEARCHED[suggestion.family]
+        assert suggestion.overrides["pretrain.steps"] in (500, 1000, 1500)
+    for frozen in study.trials:
+        for name, value in frozen.params.items():
+            assert frozen.distributions[name]._contains(frozen.distributions[name].to_internal_repr(value))
+        if "span.p" in frozen.params:
+            assert 0.1 <= frozen.params["span.p"] <= 0.5
+    assert {trial.params["family"] for trial in study.trials} == set(SEARCHED)
+
+
+@pytest.mark.parametrize("family", sorted(SEARCHED))
+def test_every_family_suggests_a_buildable_policy(space, family):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    study.enqueue_trial({"family": family})
+    suggestion = space.suggest(study.ask())
+    assert suggestion.family == family
+    policy = hydra.utils.instantiate(suggestion.policy)
+    assert isinstance(policy, MaskingPolicy)
+    if family != "learned":  # the learned policy reads word features this hand-made batch lacks
+        mask = policy.select(tiny_batch(), torch.Generator().manual_seed(0))
+        assert mask.shape == (2, 12) and mask.dtype == torch.bool and mask.any()
+
+
+def test_mixture_suggestion_is_a_mixture_policy_config(space):
+    params = {"family": "mixture", "mixture.rate": 0.25, "mixture.weights.entity": 0.3,
+              "mixture.weights.random": 0.9, "pretrain.steps": 500}
+    suggestion = space.suggest(optuna.trial.FixedTrial(params))
+    assert suggestion.policy == {
+        "_target_": "maskpolicy.policies.mixture.MixturePolicy",
+        "components": {
+            "entity": {"_target_": "maskpolicy.policies.entity.EntityPolicy", "rate": 0.25, "shortfall": "top_up"},
+            "random": {"_target_": "maskpolicy.policies.token.RandomPolicy", "rate": 0.25},
+        },
+        "weights": {"entity": 0.3, "random": 0.9},
+    }
+    policy = hydra.utils.instantiate(suggestion.policy)
+    assert isinstance(policy, MixturePolicy)
+    entity, random = policy.components
+    assert isinstance(entity, EntityPolicy) and entity.shortfall == "top_up" and entity.rate == 0.25
+    assert isinstance(random, RandomPolicy) and random.rate == 0.25
+    assert torch.allclose(policy.weights, torch.tensor([0.25, 0.75]))
+
+
+def test_run_config_keys_of_a_family_become_overrides(space):
+    params = {"family": "learned", "learned.rate": 0.2, "learned.hidden_size": 16, "learned.meta.method": "meta",
+              "pretrain.steps": 1500}
+    suggestion = space.suggest(optuna.trial.FixedTrial(params))
+    assert suggestion.overrides == {"meta.method": "meta", "pretrain.steps": 1500}
+    assert "meta" not in suggestion.policy
+    policy = hydra.utils.instantiate(suggestion.policy)
+    assert isinstance(policy, LearnedPolicy) and policy.rate == 0.2
+
+
+def test_a_hydra_node_is_accepted():
+    space = SearchSpace.from_config(OmegaConf.create(with_family("random", rate={"type": "float", "low": 0.1,
+                                                                                 "high": 0.2})))
+    assert list(space.families) == ["random"]
+
+
+def test_registered_plugin_policies_are_families():
+    if "every_nth" not in available():
+        pytest.skip("the example plugin is not installed")
+    space = SearchSpace.from_config({"families": {"every_nth": {}}})
+    assert isinstance(hydra.utils.instantiate(space.suggest(optuna.trial.FixedTrial({"family": "every_nth"})).policy),
+                      MaskingPolicy)
+
+
+def test_grid_enumerates_categoricals_ints_steps_and_listed_floats():
+    space = SearchSpace.from_config(yaml.safe_load("""
+        families:
+          random: {rate: {type: float, low: 0.1, high: 0.3, grid: [0.1, 0.2, 0.3]}, exact: true}
+          span:
+            rate: {type: float, low: 0.1, high: 0.2, step: 0.05}
+            max_length: {type: int, low: 2, high: 6, step: 2}
+          entity: {shortfall: {type: categorical, choices: [top_up, allow]}}
+        budget:
+          pretrain.steps: {type: int, low: 500, high: 1500, step: 500}
+    """))
+    assert grid(space) == {
+        "family": ["random", "span", "entity"],
+        "random.rate": [0.1, 0.2, 0.3],
+        "span.rate": [0.1, 0.15, 0.2],
+        "span.max_length": [2, 4, 6],
+        "entity.shortfall": ["top_up", "allow"],
+        "pretrain.steps": [500, 1000, 1500],
+    }
+
+
+def test_grid_sampler_visits_every_configuration_repeating_other_families_values():
+    space = SearchSpace.from_config(yaml.safe_load("""
+        families:
+          random: {rate: {type: float, low: 0.1, high: 0.3, grid: [0.1, 0.3]}}
+          entity: {shortfall: {type: categorical, choices: [top_up, allow]}}
+    """))
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid(space), seed=0))
+    study.optimize(lambda trial: len(space.suggest(trial).policy), n_trials=None)  # stops when the grid is done
+    configurations = [(s.family, s.policy.get("rate"), s.policy.get("shortfall"))
+                      for s in (space.suggest(optuna.trial.FixedTrial(t.params)) for t in study.trials)]
+    assert len(study.trials) == 2 * 2 * 2  # the full product of the four lists
+    assert set(configurations) == {("random", 0.1, None), ("random", 0.3, None), ("entity", None, "top_up"),
+                                   ("entity", None, "allow")}
+
+
+def test_grid_refuses_a_float_range_without_listed_values():
+    space = SearchSpace.from_config(with_family("random", rate={"type": "float", "low": 0.1, "high": 0.3}))
+    with pytest.raises(SearchSpaceError, match=r"random.rate: a float range cannot be enumerated.*grid: \["):
+        grid(space)
+
+
+BAD_SPACES = [
+    ({}, "no families"),
+    ({"families": {}}, "no families"),
+    ({"families": {"random": {}}, "budgets": {}}, r"unknown search-space section\(s\) \['budgets'\]"),
+    ({"families": {"no_such_policy": {}}}, r"unknown policy 'no_such_policy'; available: .*random.*_target_"),
+    (with_family("random", rate={"type": "float", "low": 0.5, "high": 0.1}), r"low \(0.5\) is greater than high"),
+    (with_family("span", p={"type": "float", "low": 0.0, "high": 0.5, "log": True}), "log-scale range needs low > 0"),
+    (with_family("span", max_length={"type": "int", "low": 0, "high": 8, "log": True}), "needs low ≥ 1"),
+    (with_family("entity", shortfall={"type": "categorical", "choices": []}), "non-empty list of choices"),
+    (with_family("random", rate={"type": "normal", "low": 0.1, "high": 0.2}), "unknown type 'normal'"),
+    (with_family("random", rate={"low": 0.1, "high": 0.2}), "has no type"),
+    (with_family("random", rate={"type": "float", "low": 0.1, "hihg": 0.2}), r"unknown key\(s\) \['hihg'\]"),
+    (with_family("random", rate={"type": "float", "low": "1e-3", "high": 0.2}), "write 1.0e-3"),
+    (with_family("random", rate="high"), r"rate takes a number \(its default is 0.15\), got \['high'\]"),
+    (with_family("span", max_length={"type": "float", "low": 2, "high": 8}), "max_length takes an integer"),
+    (with_family("entity", shortfall={"type": "categorical", "choices": [1, 2]}), "shortfall takes a string"),
+    (with_family("random", rate={"nested": {"deep": 1}}), "has no type"),
+    (with_family("random", rate=[{"a": 1}]), "a fixed value must be"),
+    (with_family("span", q=0.3), r"SpanPolicy has no parameter 'q'; its parameters: rate, p, max_length, unit"),
+    (with_family("span", p={"type": "float", "low": 0.1, "high": 0.5, "step": 0.15}), "whole number of steps"),
+    (with_family("span", p={"type": "float", "low": 0.1, "high": 0.5, "step": 0.1, "log": True}),
+     "log: true with a step"),
+    (with_family("span", p={"type": "float", "low": 0.0, "high": 0.5}), r"cannot be built with .*p=0.0.*\(0, 1\]"),
+    (with_family("custom", _target_="no.such.module.Policy"), "cannot import _target_ 'no.such.module.Policy'"),
+    (with_family("custom", _target_="maskpolicy.policies.available"), "not a masking policy"),
+    (with_family("mixture", rate=0.2), "a mixture needs components: give weights.<policy>"),
+    (with_family("mixture", **{"weights.entity": -1.0, "weights.random": 1.0}), "non-negative"),
+    (with_family("mixture", **{"weights.entity": 0.0, "weights.random": 0.0}), "can only be zero"),
+    (with_family("mixture", **{"weights.entity": 1.0, "weights.bogus": 1.0}), r"unknown policy 'bogus'"),
+    (with_family("mixture", **{"weights.entity": 1.0, "components.random.rate": 0.2}), "missing weights.random"),
+    (with_family("mixture", **{"weights.entity": 1, "weights.random": 1, "components.random.shortfall": "allow"}),
+     "RandomPolicy has no parameter 'shortfall'"),
+    (with_family("mixture", **{"weights.span": 1, "weights.random": 1, "p": 0.3}),
+     r"shared with component 'random'.*RandomPolicy has no parameter 'p'"),
+    ({"families": {"random": {}}, "budget": {"steps": 100}}, "budget keys are run-config paths"),
+    ({"families": {"learned": {"meta.method": "meta"}}, "budget": {"meta.method": "supervised"}},
+     "families.learned.meta.method is also in budget"),
+]
+
+
+@pytest.mark.parametrize(("config", "message"), BAD_SPACES, ids=[m[:40] for _, m in BAD_SPACES])
+def test_a_bad_space_is_refused_with_its_reason(config, message):
+    with pytest.raises(SearchSpaceError, match=message):
+        SearchSpace.from_config(config)

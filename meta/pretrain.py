@@ -37,7 +37,7 @@ from .scoring import heldout_documents, score_text
 
 log = logging.getLogger(__name__)
 MLL_FIELDS = ("estimate", "stderr", "nats_per_token", "bits_per_token", "estimator", "reduction", "forward_passes",
-              "sequences", "tokens")
+              "sequences", "tokens", "per_rate")
 
 
 class ConfigError(ValueError):

@@ -65,7 +65,10 @@ def _transfer_policy(cfg: DictConfig) -> dict | None:
 
 
 def _final_rows(cfg: DictConfig, search: Search, transfer: dict | None, output_dir: Path, names: Names) -> list:
+    """Leaderboard rows of the final re-runs; none when ``search.final.seeds`` is empty (search only)."""
     rows = []
+    if not cfg.search.final.seeds:
+        return rows
     for family, trial in best_per_family(search.study).items():
         runs = final_runs(cfg, family, trial.user_attrs["policy"], trial.user_attrs["overrides"], output_dir, names)
         params = {k: v for k, v in trial.params.items() if k != "family"}

@@ -107,15 +107,18 @@ def _params_text(params: Mapping[str, Any]) -> str:
 class CombinedLeaderboards(Callback):
     """Hydra callback: after ``maskpolicy-search -m …``, one table of every study's leaderboard.
 
-    Each row gains the job's overrides (e.g. ``task=squad seed=1``), so studies stay apart.
+    Each row gains the overrides that tell its job apart (e.g. ``task=squad seed=1``).
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
+        boards = sorted(sweep.glob("*/leaderboard.json"))
+        overrides = {board: [str(o) for o in OmegaConf.load(board.parent / ".hydra" / "overrides.yaml")]
+                     for board in boards}
+        shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
         rows = []
-        for board in sorted(sweep.glob("*/leaderboard.json")):
-            overrides = OmegaConf.load(board.parent / ".hydra" / "overrides.yaml")
-            study = " ".join(str(o) for o in overrides if not str(o).startswith("hydra."))
+        for board in boards:
+            study = " ".join(o for o in overrides[board] if o not in shared and not o.startswith("hydra."))
             rows += [{"study": study, **row} for row in json.loads(board.read_text())]
         if rows:
             write_json_atomic(sweep / "leaderboard.json", rows)

@@ -66,7 +66,8 @@ def prepare(cfg: DictConfig, output_dir: Path) -> Search:
                                 f"{list(objectives)}")
     sampler_name = options.sampler if len(objectives) == 1 or options.sampler != "tpe" else "nsga2"
     sampler = build_sampler(sampler_name, cfg.seed, space, **plain(options.sampler_options))
-    pruner = build_pruner(options.pruner if len(objectives) == 1 else "none", **plain(options.pruner_options))
+    pruner_name = options.pruner if len(objectives) == 1 else "none"  # Optuna prunes single-objective studies only
+    pruner = build_pruner(pruner_name, **(plain(options.pruner_options) if pruner_name != "none" else {}))
     location = options.storage or str(output_dir / "study.db")
     storage = open_storage(location, options.heartbeat_interval, options.grace_period, options.max_retry)
     study = optuna.create_study(storage=storage, study_name=options.study_name, sampler=sampler, pruner=pruner,

@@ -23,7 +23,9 @@ TINY = ["task.n_people=40", "task.biographies_per_person=2", "pretrain.steps=6",
 
 
 def command(*overrides: str) -> list[str]:
-    return [sys.executable, "-m", "maskpolicy.meta.search.cli", *TINY, *overrides]
+    flags = [o for o in overrides if o.startswith("--")]  # Hydra's flags go before the overrides
+    rest = [o for o in overrides if o not in flags]
+    return [sys.executable, "-m", "maskpolicy.meta.search.cli", *flags, *TINY, *rest]
 
 
 def run(*overrides: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -114,7 +116,7 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_p
     ("overrides", "message"),
     [(["search.sampler=annealing"], "unknown sampler 'annealing'"),
      (["search.pruner=early"], "unknown pruner 'early'"),
-     (["search.space.families={}"], "the search space has no families"),
+     (["search.space.families=null"], "the search space has no families"),
      (["search.storage=postgresql://nobody@127.0.0.1:1/none"], "postgresql"),
      (["search.objectives=[accuracy]"], "search.objectives must be"),
      (["+search.space.budget={pretrain.stepz: 5}"], "the run config does not have")],

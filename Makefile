@@ -29,8 +29,9 @@ test: lint
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"
 
+# The main job: the quick search profile on the embedded default; re-running it resumes the same study.
 demo: install
-	$(BIN)/maskpolicy-pretrain --multirun policy=random,entity hydra.sweep.dir=multirun/demo
+	$(BIN)/maskpolicy-search hydra.run.dir=outputs/demo
 
 benchmark: install
 	$(BIN)/python benchmarks/masking.py

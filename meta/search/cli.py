@@ -26,7 +26,17 @@ from ..artifacts import read_card
 from ..io import plain, write_json_atomic
 from ..plugins import register_plugin_policies
 from .leaderboard import correlation, format_table, leaderboard_row, rank, write_leaderboard
-from .study import FINISHED, Names, Search, best_per_family, final_runs, optimize, prepare, start_workers
+from .study import (
+    FINISHED,
+    Names,
+    Search,
+    best_per_family,
+    final_runs,
+    optimize,
+    prepare,
+    share_cores,
+    start_workers,
+)
 
 log = logging.getLogger(__name__)
 ARTIFACT_LOADER = "maskpolicy.meta.artifacts.load_policy"
@@ -39,7 +49,8 @@ def run_search(cfg: DictConfig, output_dir: Path, overrides: list[str], names: N
     transfer = _transfer_policy(cfg)
     workers = []
     if cfg.search.role == "main" and cfg.search.n_workers > 1:
-        workers = start_workers(cfg.search.n_workers - 1, overrides, output_dir, search.storage_location)
+        threads = share_cores(cfg.search.n_workers)
+        workers = start_workers(cfg.search.n_workers - 1, overrides, output_dir, search.storage_location, threads)
     optimize(cfg, search, output_dir, names)
     for worker in workers:
         worker.wait()

@@ -56,6 +56,7 @@ def run_search(cfg: DictConfig, output_dir: Path, overrides: list[str], names: N
         worker.wait()
     if cfg.search.role == "worker":
         return {}
+    share_cores(1)  # the final re-runs run one at a time: give them every core
     rows = _final_rows(cfg, search, transfer, output_dir, names)
     write_leaderboard(output_dir, rows)
     print(format_table(rows))

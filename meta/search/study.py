@@ -67,13 +67,18 @@ def prepare(cfg: DictConfig, output_dir: Path) -> Search:
         raise SearchConfigError(f"search.objectives must be a non-empty list from {list(OBJECTIVES)}, got "
                                 f"{list(objectives)}")
     sampler_name = options.sampler if len(objectives) == 1 or options.sampler != "tpe" else "nsga2"
-    sampler = build_sampler(sampler_name, cfg.seed, space, **plain(options.sampler_options))
+    # each worker process draws its own random stream, or workers would propose the same trials
+    sampler_seed = cfg.seed * 1000 + options.worker_index
+    sampler = build_sampler(sampler_name, sampler_seed, space, **plain(options.sampler_options))
     pruner_name = options.pruner if len(objectives) == 1 else "none"  # Optuna prunes single-objective studies only
     pruner = build_pruner(pruner_name, **(plain(options.pruner_options) if pruner_name != "none" else {}))
     location = options.storage or str(output_dir / "study.db")
     storage = open_storage(location, options.heartbeat_interval, options.grace_period, options.max_retry)
     study = optuna.create_study(storage=storage, study_name=options.study_name, sampler=sampler, pruner=pruner,
                                 directions=[OBJECTIVES[name] for name in objectives], load_if_exists=True)
+    if options.every_family_first and options.role == "main" and not study.get_trials(deepcopy=False):
+        for family in space.families:  # the other parameters are left to the sampler
+            study.enqueue_trial({"family": family}, skip_if_exists=True)
     return Search(space, study, objectives, location)
 
 
@@ -158,7 +163,8 @@ def start_workers(count: int, overrides: Sequence[str], output_dir: Path, storag
     logs.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         command = [sys.executable, "-m", "maskpolicy.meta.search.cli", *overrides, f"hydra.run.dir={output_dir}",
-                   "search.role=worker", "search.n_workers=1", f"search.storage={storage}",
+                   "search.role=worker", "search.n_workers=1", f"search.worker_index={index + 1}",
+                   f"search.storage={storage}",
                    f"hydra.job_logging.handlers.file.filename={logs / f'worker-{index + 1}.log'}"]
         with open(logs / f"worker-{index + 1}.out", "a") as out:
             workers.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

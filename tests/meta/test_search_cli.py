@@ -14,6 +14,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from maskpolicy.meta.artifacts import save_policy
+from maskpolicy.policies import PORTABLE_FEATURES, LearnedPolicy
+
 pytestmark = pytest.mark.slow
 
 TINY = ["task.n_people=40", "task.biographies_per_person=2", "pretrain.steps=6", "pretrain.batch_size=8",
@@ -134,3 +137,16 @@ def test_multirun_gives_one_study_per_combination_and_a_combined_leaderboard(tmp
     assert (sweep / "0/study.db").exists() and (sweep / "1/study.db").exists()
     rows = json.loads((sweep / "leaderboard.json").read_text())
     assert {row["study"] for row in rows} == {"seed=0", "seed=1"}
+
+
+def test_two_objectives_and_a_transferred_policy(tmp_path):
+    save_policy(LearnedPolicy(features=PORTABLE_FEATURES), tmp_path / "saved", {"method": "supervised"})
+    out = tmp_path / "run"
+    run("search.n_trials=3", "search.objectives=[dev_em,mll]", f"search.transfer_from={tmp_path / 'saved'}",
+        f"hydra.run.dir={out}", cwd=tmp_path)
+    study = study_of(out)
+    assert len(study.directions) == 2 and all(len(t.values) == 2 for t in study.best_trials)
+    board = json.loads((out / "leaderboard.json").read_text())
+    transfer = [row for row in board if row["source"] == "transfer"]
+    assert len(transfer) == 1 and transfer[0]["params"]["path"] == str((tmp_path / "saved").resolve())
+    assert "Pareto" in (out / "report.html").read_text()

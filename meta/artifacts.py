@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from maskpolicy.policies import FEATURE_SIZES, LearnedPolicy, PolicyError, TokenScorer
 
-from .io import versions
+from .io import make_readable_directory, versions
 
 FORMAT = "maskpolicy-policy"
 FORMAT_VERSION = 1
@@ -63,6 +63,7 @@ def save_policy(policy: LearnedPolicy, path: str | os.PathLike, training: dict[s
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (staging / CARD).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+    make_readable_directory(staging)
     _swap_in(staging, path)
     return path
 

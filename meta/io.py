@@ -17,6 +17,25 @@ PACKAGES = ("maskpolicy", "torch", "pytorch-lightning", "transformers", "tokeniz
             "higher", "numpy", "matplotlib")
 
 
+def replace_readable(temporary: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Moves a finished temporary file over ``path``, readable as a normally created file would be.
+
+    Temporary files are created private (0600); results are meant to be shared.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, path)
+    return Path(path)
+
+
+def make_readable_directory(path: str | os.PathLike) -> None:
+    """Gives a ``tempfile.mkdtemp`` directory (created 0700) the permissions of a normal one."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     """Writes JSON so a reader sees the old file or the whole new one, never a torn write."""
     path = Path(path)
@@ -26,8 +45,7 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
         handle.write("\n")
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(handle.name, path)
-    return path
+    return replace_readable(handle.name, path)
 
 
 def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
@@ -38,8 +56,7 @@ def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> 
         np.savez(handle, **{name: np.asarray(array) for name, array in arrays.items()})
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(handle.name, path)
-    return path
+    return replace_readable(handle.name, path)
 
 
 def plain(node: Any) -> Any:

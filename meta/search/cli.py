@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ..artifacts import read_card
-from ..io import plain, write_json_atomic
+from ..io import plain, replace_readable, write_json_atomic
 from ..plugins import register_plugin_policies
 from .leaderboard import correlation, format_table, leaderboard_row, rank, write_leaderboard
 from .study import (
@@ -126,7 +126,7 @@ def _save_best_policy(rows: list, output_dir: Path) -> None:
     policy = OmegaConf.create(json.loads(first.read_text())["policy"]["params"])
     with tempfile.NamedTemporaryFile("w", dir=output_dir, prefix=".best_policy.yaml.", delete=False) as handle:
         handle.write(OmegaConf.to_yaml(policy))
-    os.replace(handle.name, output_dir / "best_policy.yaml")
+    replace_readable(handle.name, output_dir / "best_policy.yaml")
 
 
 def _write_report(output_dir: Path, search: Search, rows: list, correlation_summary: dict | None) -> None:

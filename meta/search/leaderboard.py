@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import statistics
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
-from ..io import write_json_atomic
+from ..io import replace_readable, write_json_atomic
 
 COLUMNS = ("rank", "label", "family", "source", "trial", "params", "seeds", "dev_em", "dev_em_spread", "test_em",
            "test_em_spread", "mll_nats_per_token", "mll_spread", "seconds", "tokens")
@@ -96,7 +95,7 @@ def write_leaderboard(output_dir: Path, rows: Sequence[Mapping[str, Any]]) -> No
         writer.writeheader()
         for row in rows:
             writer.writerow({key: row.get(key) for key in COLUMNS} | {"params": _params_text(row["params"])})
-    os.replace(handle.name, output_dir / "leaderboard.csv")
+    replace_readable(handle.name, output_dir / "leaderboard.csv")
 
 
 def _params_text(params: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PLUGIN := tests/plugins/maskpolicy-vowel
 
-.PHONY: install test test-fast lint demo benchmark clean
+.PHONY: install test test-fast lint demo benchmark benchmark-search clean
 
 $(VENV)/.installed: pyproject.toml $(PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ benchmark: install
 	$(BIN)/python benchmarks/mll.py --threads 1
 	$(BIN)/python benchmarks/hmm_gap.py
 	$(BIN)/python benchmarks/meta_step.py --threads 1
+
+benchmark-search: install   # ~15 min on 2 cores
+	$(BIN)/python benchmarks/search.py --trials 8 --people 100 --steps 300 --epochs 10
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -38,6 +38,7 @@ PRUNERS = {"none": ["search.pruner=none"],
 def arm_command(sampler: str, pruner: str, out: Path, args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "maskpolicy.meta.search.cli", "search/space=grid",
             f"search.sampler={SAMPLERS[sampler]}", *PRUNERS[pruner], f"search.n_trials={args.trials}",
+            "search.every_family_first=false",
             "search.n_workers=1", "search.final.seeds=[]", f"task.n_people={args.people}",
             f"pretrain.steps={args.steps}", f"pretrain.checkpoint_every={args.steps}", f"finetune.epochs={args.epochs}",
             f"seed={args.seed}", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"]

@@ -77,7 +77,7 @@ def prepare(cfg: DictConfig, output_dir: Path) -> Search:
     study = optuna.create_study(storage=storage, study_name=options.study_name, sampler=sampler, pruner=pruner,
                                 directions=[OBJECTIVES[name] for name in objectives], load_if_exists=True)
     if options.every_family_first and options.role == "main" and not study.get_trials(deepcopy=False):
-        for family in space.families:  # the other parameters are left to the sampler
+        for family in list(space.families)[: options.n_trials]:  # the other parameters are left to the sampler
             study.enqueue_trial({"family": family}, skip_if_exists=True)
     return Search(space, study, objectives, location)
 

@@ -14,13 +14,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from maskpolicy.policies import LearnedPolicy
+
 from ..learn import run_meta
 from ..pretrain import run_pretrain
-
-LEARNED_POLICY = "maskpolicy.policies.LearnedPolicy"
 
 
 class TrialFailed(RuntimeError):
@@ -35,6 +36,18 @@ def trial_config(cfg: DictConfig, policy: Mapping[str, Any], overrides: Mapping[
     for key, value in overrides.items():
         OmegaConf.update(trial, key, value, force_add=False)
     return trial
+
+
+def needs_training(policy: Mapping[str, Any]) -> bool:
+    """Whether the policy config builds a learned policy (any import path to it), which a trial trains first."""
+    target = policy.get("_target_")
+    if not isinstance(target, str):
+        return False
+    try:
+        factory = hydra.utils.get_object(target)
+    except ImportError:  # an unimportable target fails later, when the policy is built, with the usual message
+        return False
+    return isinstance(factory, type) and issubclass(factory, LearnedPolicy)
 
 
 def learn_policy(cfg: DictConfig, output_dir: Path, task_name: str) -> Path:
@@ -59,7 +72,7 @@ def run_trial(
 ) -> dict[str, Any]:
     """Runs one configuration end to end; returns its ``results.json`` contents."""
     run_cfg = trial_config(cfg, policy, overrides, seed)
-    if policy.get("_target_") == LEARNED_POLICY:
+    if needs_training(policy):
         artifact = learn_policy(run_cfg, output_dir / "learning", task_name)
         run_cfg.policy = OmegaConf.create({"_target_": "maskpolicy.meta.artifacts.load_policy", "path": str(artifact)})
     results = run_pretrain(run_cfg, output_dir, family, task_name, model_name, finetune_callbacks=callbacks)

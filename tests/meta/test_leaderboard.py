@@ -11,6 +11,7 @@ from optuna.distributions import CategoricalDistribution
 
 from maskpolicy.meta.search.leaderboard import correlation, format_table, leaderboard_row, rank, write_leaderboard
 from maskpolicy.meta.search.study import best_per_family
+from maskpolicy.meta.search.trial import needs_training
 
 
 def results(dev: float, test: float, mll: float | None, seconds: float = 10.0) -> dict:
@@ -63,3 +64,12 @@ def test_best_trial_of_each_family():
     study = study_with([("a", 0.1, None), ("a", 0.3, None), ("b", 0.2, None)])
     best = best_per_family(study)
     assert {family: trial.value for family, trial in best.items()} == {"a": 0.3, "b": 0.2}
+
+
+@pytest.mark.parametrize(
+    ("target", "trained"),
+    [("maskpolicy.policies.learned.LearnedPolicy", True), ("maskpolicy.policies.LearnedPolicy", True),
+     ("maskpolicy.policies.span.SpanPolicy", False), ("maskpolicy.meta.artifacts.load_policy", False)],
+)
+def test_a_learned_family_is_trained_whatever_path_names_it(target, trained):
+    assert needs_training({"_target_": target}) is trained

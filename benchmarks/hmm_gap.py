@@ -1,15 +1,16 @@
 """How close a tiny masked LM's cumulative-masking estimate gets to an HMM's exact log marginal likelihood.
 
-A seeded HMM (``maskpolicy.tasks.hmm.HMMTask``) gives training sequences and a
+A seeded HMM (``maskpolicy.tasks.tractable.hmm.HMMTask``) gives training sequences and a
 held-out sample from the same chain. A tiny BERT is trained with the cumulative
 masking objective (m uniform in 1..T, a uniform subset of m positions masked) and,
 after each number of steps in ``--steps``, scored on the held-out sample with
-``maskpolicy.meta.mll.estimate_mll``: the estimate Σ_m S_m from the model's
+``maskpolicy.meta.scoring.estimate.estimate_mll``: the estimate Σ_m S_m from the model's
 conditionals against the exact ``log p(x)`` from the forward algorithm. The table
 gives both in nats per token and their gap (estimate − exact); a masked LM's
 conditionals need not come from one joint, so the gap can have either sign.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/hmm_gap.py [--steps 0,100,300,1000,3000] [--seed 0]``.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/hmm_gap.py [--steps 0,100,300,1000,3000] [--seed 0]``;
+``--estimator`` names a config of ``conf/score/estimator/`` (``rates``, ``stratified``, …).
 """
 
 from __future__ import annotations
@@ -18,30 +19,40 @@ import argparse
 import time
 
 import torch
+from hydra import compose, initialize_config_module
 
-from maskpolicy.meta.mll import MAX_EXHAUSTIVE_LENGTH, estimate_mll
-from maskpolicy.tasks.hmm import HMMTask, tiny_masked_lm, train_masked_lm
-from maskpolicy.tasks.scoring import MaskedLMPredictor
+from maskpolicy.meta.config import build
+from maskpolicy.meta.scoring.estimate import estimate_mll
+from maskpolicy.meta.scoring.estimators import MAX_EXHAUSTIVE_LENGTH, Estimator, Exhaustive
+from maskpolicy.meta.scoring.predictors import MaskedLMPredictor
+from maskpolicy.tasks.tractable.hmm import HMMTask, tiny_masked_lm, train_masked_lm
 
 
 def masked_lm_gap(
     model,
     task: HMMTask,
     sequences: torch.Tensor | None = None,
-    estimator: str = "exhaustive",
-    passes: int = 200,
+    estimator: Estimator | None = None,
     seed: int = 0,
 ) -> tuple[float, float, float]:
     """(MLM estimate, exact LML, gap) in nats per token on ``sequences`` ``Long[B, T]`` (``task.data()`` if None).
 
-    The model's mask token is the id after the last symbol, as ``tiny_masked_lm`` builds.
+    The model's mask token is the id after the last symbol, as ``tiny_masked_lm`` builds; every
+    non-empty mask is scored when no ``estimator`` is given.
     """
     sequences = task.data() if sequences is None else sequences
     predictor = MaskedLMPredictor(model, mask_token_id=task.n_symbols)
     generator = torch.Generator().manual_seed(seed)
-    estimate = estimate_mll(predictor, sequences, estimator=estimator, passes=passes, generator=generator)
+    estimate = estimate_mll(predictor, sequences, estimator=estimator or Exhaustive(), generator=generator)
     exact = float(task.log_likelihood(sequences).sum()) / sequences.numel()
     return estimate.nats_per_token, exact, estimate.nats_per_token - exact
+
+
+def configured_estimator(name: str, passes: int) -> Estimator:
+    """The estimator of ``conf/score/estimator/<name>.yaml`` with ``passes`` masks per sequence."""
+    with initialize_config_module("maskpolicy.conf", version_base="1.3"):
+        cfg = compose("score", overrides=[f"score/estimator={name}", f"score.passes={passes}"])
+    return build(cfg.score.estimator, "score estimator")
 
 
 def parse_steps(text: str) -> list[int]:
@@ -71,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--estimator", default=None,
-                        help="estimate_mll estimator; exhaustive when length ≤ 12, else stratified")
+                        help="a conf/score/estimator config name; exhaustive when length ≤ 12, else stratified")
     parser.add_argument("--passes", type=int, default=200, help="masks per sequence for sampled estimators")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
@@ -79,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
 
     task = HMMTask(args.states, args.symbols, args.length, args.train_sequences, seed=args.seed)
     heldout = task.sample(args.heldout, torch.Generator().manual_seed(args.seed + 1))
-    estimator = args.estimator or ("exhaustive" if args.length <= min(12, MAX_EXHAUSTIVE_LENGTH) else "stratified")
+    name = args.estimator or ("exhaustive" if args.length <= min(12, MAX_EXHAUSTIVE_LENGTH) else "stratified")
+    estimator = configured_estimator(name, args.passes)
     model = tiny_masked_lm(args.symbols, args.hidden, args.layers, args.heads, seed=args.seed,
                            max_length=max(args.length, 8))
     generator = torch.Generator().manual_seed(args.seed + 2)
@@ -94,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     for steps in args.steps:
         train_masked_lm(model, task.data(), steps - trained, args.batch_size, args.lr, generator)
         trained = steps
-        estimate, exact, gap = masked_lm_gap(model, task, heldout, estimator, args.passes, args.seed)
+        estimate, exact, gap = masked_lm_gap(model, task, heldout, estimator, args.seed)
         print(f"| {steps} | {estimate:.4f} | {exact:.4f} | {gap:+.4f} | {time.perf_counter() - started:.1f} |",
               flush=True)
 

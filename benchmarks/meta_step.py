@@ -7,10 +7,11 @@ vocabulary is ``--vocab``, about what WordPiece learns on the default corpus) an
 
 * **plain**: one masked-LM training step: forward with labels, backward, AdamW step;
 * **meta**: one policy update: per-token weights ``sigmoid(policy(features))`` for each of the K
-  inner batches, ``maskpolicy.meta.inner.hypergradient`` (K inner SGD steps, the outer loss on a
+  inner batches, ``maskpolicy.meta.learning.inner.hypergradient`` (K inner SGD steps, the outer loss on a
   second random batch of the same shape standing in for cloze QA, the policy gradient), and an
   Adam step on the policy (a 16→32→1 MLP over random per-token features); for each engine, for
-  K = 1, 2, 4, with the full (second-order) and the first-order hypergradient.
+  K = 1, 2, 4, with the full (second-order) and the first-order hypergradient (``maskpolicy-learn``'s
+  ``learning.meta_learning.engine``, ``inner_steps`` and ``first_order``).
 
 Each time is the median over ``--repeats`` rounds after ``--warmup`` untimed calls; the
 configurations are timed round-robin (one call of each per round) so load drift on a shared
@@ -53,7 +54,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForMaskedLM
 
-from maskpolicy.meta.inner import InnerBatch, hypergradient
+from maskpolicy.meta.learning.inner import InnerBatch, hypergradient
 
 MASK_ID, FIRST_ORDINARY_ID, RATE, FEATURES = 4, 5, 0.15, 16
 ENGINES = ("higher", "torch_func")

@@ -31,15 +31,15 @@ import optuna
 from optuna.trial import TrialState
 
 SAMPLERS = {"tpe": "tpe", "random": "random", "grid": "brute_force"}
-PRUNERS = {"none": ["search.pruner=none"],
-           "median": ["search.pruner=median", "search.pruner_options={n_startup_trials: 2, n_warmup_steps: 2}"]}
+PRUNERS = {"none": ["search/pruner=none"],
+           "median": ["search/pruner=median", "search.pruner.n_startup_trials=2", "search.pruner.n_warmup_steps=2"]}
 
 
 def arm_command(sampler: str, pruner: str, out: Path, args: argparse.Namespace) -> list[str]:
-    return [sys.executable, "-m", "maskpolicy.meta.search.cli", "search/space=grid",
-            f"search.sampler={SAMPLERS[sampler]}", *PRUNERS[pruner], f"search.n_trials={args.trials}",
+    return [sys.executable, "-m", "maskpolicy.meta.commands.search", "search/space=grid",
+            f"search/sampler={SAMPLERS[sampler]}", *PRUNERS[pruner], f"search.n_trials={args.trials}",
             "search.every_family_first=false",
-            "search.n_workers=1", "search.final.seeds=[]", f"task.n_people={args.people}",
+            "search.n_workers=1", "search.final.n_seeds=0", f"task.n_people={args.people}",
             f"pretrain.steps={args.steps}", f"pretrain.checkpoint_every={args.steps}", f"finetune.epochs={args.epochs}",
             f"seed={args.seed}", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from maskpolicy.tasks.base import Document, QAExample
-from maskpolicy.tasks.models import ModelSpec
-from maskpolicy.tasks.tokenization import train_wordpiece
+from maskpolicy.tasks.text.tokenization import train_wordpiece
+from maskpolicy.tasks.training.models import ModelSpec
 
 PEOPLE = [("Ada Quill", "Norvane"), ("Bram Tollo", "Keswith"), ("Cora Venn", "Norvane"), ("Dax Ormo", "Palrith")]
 

@@ -1,6 +1,7 @@
 """The design's layout: four rooms at the root, imports flowing policies <- tasks <- meta."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,26 @@ def test_the_root_holds_the_rooms_of_the_design():
     assert rooms <= {"policies", "tasks", "meta", "conf", "tests", "benchmarks", "pyproject.toml", "README.md",
                      "Makefile", "LICENSE"}, rooms
     assert {"policies", "tasks", "meta", "conf", "tests", "pyproject.toml", "README.md"} <= rooms
+
+
+def test_every_package_directory_is_installed():
+    listed = set(re.search(r"packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.S).group(1).split())
+    listed = {name.strip('",') for name in listed}
+    found = {"maskpolicy." + ".".join(p.parent.relative_to(ROOT).parts) for room in ("policies", "tasks", "meta", "conf")
+             for p in (ROOT / room).rglob("__init__.py")}
+    assert found == listed, "pyproject.toml [tool.setuptools] packages must list every package: " + str(found ^ listed)
+
+
+MAX_LINES = 400
+
+
+def test_long_modules_say_why_in_their_docstring():
+    too_long = []
+    for room in ("policies", "tasks", "meta"):
+        for path in sorted((ROOT / room).rglob("*.py")):
+            text = path.read_text()
+            docstring = ast.get_docstring(ast.parse(text)) or ""
+            if text.count("\n") > MAX_LINES and "Why this module is long:" not in docstring:
+                too_long.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+    assert not too_long, "split these modules, or say in their docstring 'Why this module is long: …'\n" + "\n".join(
+        too_long)

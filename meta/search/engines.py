@@ -1,8 +1,8 @@
-"""Optuna's engines by name: samplers, pruners and shared storages, with clear errors.
+"""Optuna's engines: samplers and pruners from their config groups, and shared storages, with clear errors.
 
-Everything here fails before any training: an unknown name lists the valid ones, a
-missing optional dependency says what to ``pip install``, and a storage that cannot
-be opened says why and how to fix it.
+Samplers (``conf/search/sampler/``) and pruners (``conf/search/pruner/``) are ``_target_``
+configs: any Optuna sampler or pruner, or your own, is one YAML file away. Everything
+here fails before any training; a storage that cannot be opened says why and how to fix it.
 
 Storages (:func:`open_storage`):
 
@@ -19,20 +19,21 @@ Storages (:func:`open_storage`):
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy.exc
+from omegaconf import DictConfig
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
-from .space import SearchSpace, grid
+from maskpolicy.meta.config import ConfigError, build
+from maskpolicy.meta.search.space import SearchSpace, grid
 
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 JOURNAL_SUFFIXES = (".log", ".journal")
@@ -41,126 +42,27 @@ DRIVERS = {"postgresql": "psycopg2-binary (or psycopg[binary] with postgresql+ps
            "mysql": "PyMySQL, with a mysql+pymysql:// URL"}
 
 
-class SearchConfigError(ValueError):
-    """A sampler, pruner or storage cannot be built from the given settings."""
+class SearchConfigError(ConfigError):
+    """A search setting (storage, seeds, objectives, …) cannot be used."""
 
 
-def _needs(module: str, what: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise SearchConfigError(f"{what} needs the {module!r} package: pip install {module}")
-
-
-def _construct(kind: str, name: str, factory: Callable[..., Any], **options: Any) -> Any:
-    """Calls an Optuna constructor; a bad option becomes one clear message."""
+def build_sampler(node: DictConfig, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The sampler a ``search/sampler`` config describes (``_target_`` and constructor options), seeded."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)  # chosen on purpose (e.g. TPE's group)
-        try:
-            return factory(**options)
-        except (TypeError, ValueError) as error:
-            raise SearchConfigError(
-                f"{kind} {name!r} cannot be built with {options}: {error}; see optuna.{kind}s.{factory.__name__}"
-            ) from error
+        warnings.simplefilter("ignore", ExperimentalWarning)  # chosen on purpose (TPE's group, GP, …)
+        return build(node, "sampler", seed=seed)
 
 
-# ---------------------------------------------------------------------------- samplers
+def build_pruner(node: DictConfig) -> optuna.pruners.BasePruner:
+    """The pruner a ``search/pruner`` config describes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return build(node, "pruner")
 
 
-def _tpe(seed: int | None, space: SearchSpace | None, **options: Any) -> optuna.samplers.BaseSampler:
-    # multivariate + group: TPE models each family's parameters jointly, only over trials that drew that family
-    settings = {"multivariate": True, "group": True, "seed": seed, **options}
-    return _construct("sampler", "tpe", optuna.samplers.TPESampler, **settings)
-
-
-def _grid(seed: int | None, space: SearchSpace | None, **options: Any) -> optuna.samplers.BaseSampler:
-    if space is None and "search_space" not in options:
-        raise SearchConfigError("the grid sampler needs the search space: build_sampler('grid', seed, space)")
-    search_space = options.pop("search_space", None) or grid(space)
-    return _construct("sampler", "grid", optuna.samplers.GridSampler, search_space=search_space, seed=seed, **options)
-
-
-def _gp(seed: int | None, space: SearchSpace | None, **options: Any) -> optuna.samplers.BaseSampler:
-    _needs("scipy", "the Gaussian-process sampler (gp)")
-    return _construct("sampler", "gp", optuna.samplers.GPSampler, seed=seed, **options)
-
-
-def _cmaes(seed: int | None, space: SearchSpace | None, **options: Any) -> optuna.samplers.BaseSampler:
-    _needs("cmaes", "the CMA-ES sampler (cmaes)")
-    return _construct("sampler", "cmaes", optuna.samplers.CmaEsSampler, seed=seed, **options)
-
-
-def _simple(name: str, factory: Callable[..., Any]) -> Callable[..., optuna.samplers.BaseSampler]:
-    def build(seed: int | None, space: SearchSpace | None, **options: Any) -> optuna.samplers.BaseSampler:
-        return _construct("sampler", name, factory, seed=seed, **options)
-
-    return build
-
-
-SAMPLERS: Mapping[str, Callable[..., optuna.samplers.BaseSampler]] = {
-    "tpe": _tpe,
-    "random": _simple("random", optuna.samplers.RandomSampler),
-    "grid": _grid,
-    "brute_force": _simple("brute_force", optuna.samplers.BruteForceSampler),
-    "gp": _gp,
-    "cmaes": _cmaes,
-    "nsga2": _simple("nsga2", optuna.samplers.NSGAIISampler),
-}
-
-
-def build_sampler(
-    name: str = "tpe", seed: int | None = None, space: SearchSpace | None = None, **options: Any
-) -> optuna.samplers.BaseSampler:
-    """An Optuna sampler by name; ``options`` go to its constructor.
-
-    ``tpe`` (default; multivariate with group decomposition, for conditional spaces),
-    ``random``, ``grid`` (needs ``space``: see :func:`.space.grid`), ``brute_force``
-    (exhaustive over conditional spaces; every searched float needs a step), ``gp``
-    (needs scipy), ``cmaes`` (needs cmaes; models numeric parameters every trial shares
-    and samples the rest at random), ``nsga2`` (multi-objective).
-    """
-    if name not in SAMPLERS:
-        raise SearchConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[name](seed, space, **options)
-
-
-# ---------------------------------------------------------------------------- pruners
-
-
-def _wilcoxon(**options: Any) -> optuna.pruners.BasePruner:
-    _needs("scipy", "the Wilcoxon pruner (wilcoxon)")
-    return _construct("pruner", "wilcoxon", optuna.pruners.WilcoxonPruner, **options)
-
-
-def _percentile(**options: Any) -> optuna.pruners.BasePruner:
-    options.setdefault("percentile", 25.0)  # keep the top quarter
-    return _construct("pruner", "percentile", optuna.pruners.PercentilePruner, **options)
-
-
-def _pruner(name: str, factory: Callable[..., Any]) -> Callable[..., optuna.pruners.BasePruner]:
-    return lambda **options: _construct("pruner", name, factory, **options)
-
-
-PRUNERS: Mapping[str, Callable[..., optuna.pruners.BasePruner]] = {
-    "none": _pruner("none", optuna.pruners.NopPruner),
-    "median": _pruner("median", optuna.pruners.MedianPruner),
-    "percentile": _percentile,
-    "successive_halving": _pruner("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
-    "hyperband": _pruner("hyperband", optuna.pruners.HyperbandPruner),
-    "threshold": _pruner("threshold", optuna.pruners.ThresholdPruner),
-    "wilcoxon": _wilcoxon,
-}
-
-
-def build_pruner(name: str = "none", **options: Any) -> optuna.pruners.BasePruner:
-    """An Optuna pruner by name; ``options`` go to its constructor.
-
-    ``none``, ``median``, ``percentile`` (default percentile 25: keep the top quarter),
-    ``successive_halving``, ``hyperband``, ``threshold`` (needs ``lower`` or ``upper``),
-    ``wilcoxon`` (needs scipy; for values reported per evaluation instance, e.g. per
-    question or fold, not for learning curves).
-    """
-    if name not in PRUNERS:
-        raise SearchConfigError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
-    return PRUNERS[name](**options)
+def grid_sampler(space: Mapping[str, Any], seed: int | None = None) -> optuna.samplers.GridSampler:
+    """Optuna's GridSampler over the values :func:`.space.grid` lists for ``space`` (a search-space config)."""
+    return optuna.samplers.GridSampler(grid(SearchSpace.from_config(space, check=False)), seed=seed)
 
 
 # ---------------------------------------------------------------------------- storages

@@ -20,7 +20,7 @@ import optuna
 import pytorch_lightning as pl
 from optuna.study import StudyDirection
 
-from .engines import SearchConfigError
+from maskpolicy.meta.search.engines import SearchConfigError
 
 DIRECTIONS = {"max": StudyDirection.MAXIMIZE, "min": StudyDirection.MINIMIZE}
 

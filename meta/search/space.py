@@ -3,338 +3,202 @@
 A search space is a mapping (a YAML file, a Hydra node) with two sections::
 
     families:                    # the policies the search may pick; the family itself is a categorical
-      random:
-        rate: {type: float, low: 0.05, high: 0.5}
       span:
         rate: {type: float, low: 0.05, high: 0.5}
         p: {type: float, low: 0.1, high: 0.5, log: true}
         max_length: 10           # a plain value is fixed, not searched
-      entity:
-        rate: {type: float, low: 0.05, high: 0.5}
-        shortfall: top_up
-      mixture:                   # its components are the policies named under weights.*
-        rate: {type: float, low: 0.05, high: 0.5}          # shared: every component gets it
+      mixture:                   # dotted keys are paths into the policy's nested config
+        components.entity._target_: maskpolicy.policies.EntityPolicy
+        components.entity.shortfall: top_up
+        components.random._target_: maskpolicy.policies.RandomPolicy
         weights.entity: {type: float, low: 0.0, high: 1.0}
         weights.random: {type: float, low: 0.0, high: 1.0}
-        components.entity.shortfall: top_up                # one component's own parameter
+        rate: {type: float, low: 0.05, high: 0.5, to: [components.entity.rate, components.random.rate]}
       learned:
         rate: {type: float, low: 0.1, high: 0.4}
-        temperature: {type: float, low: 0.3, high: 3.0, log: true}
-        meta.method: {type: categorical, choices: [supervised, meta]}   # a run-config override
-      span_words:                # any other name needs a _target_, as in Hydra configs
+        learning.method: {type: categorical, choices: [supervised, meta_learning]}   # a run-config override
+      span_words:                # a name that is not a registered policy needs a _target_
         _target_: maskpolicy.policies.SpanPolicy
         unit: word
     budget:                      # optional: run-config values for every trial (multi-fidelity knobs)
       pretrain.steps: {type: int, low: 500, high: 1500, step: 500}
 
-A family is a registered policy name (``maskpolicy.policies.available()``: built-ins and
-installed plugins) or any name with a ``_target_`` import path.
+A parameter is fixed (a scalar or a list of scalars) or searched:
+``{type: float | int, low, high, log: false, step: null, grid: null}`` or
+``{type: categorical, choices: [...]}`` (null, booleans, numbers or strings). Ranges
+follow Optuna's rules (low ≤ high; a log scale needs low > 0 and no step; a step divides
+high - low). ``grid`` lists the values a grid search tries (a float range needs it, or a
+step); ``low``/``high`` default to its ends. Write ``1.0e-3``: YAML reads ``1e-3`` as text.
 
-A parameter is searched or fixed:
+A family's keys are paths into its policy's config; every node with a ``_target_`` (the
+family's own, or a nested fixed one like ``components.entity._target_``) is checked
+against its constructor, whose signature is the schema. ``to: [path, ...]`` writes one
+searched value to every listed path. A key starting with a run-config section
+(``pretrain. finetune. score. learning. trainer. model. task.``) overrides the run's
+config when that family is drawn; budget keys do so for every trial. Earlier spellings
+(``meta.method``) are accepted with a warning and used in today's (``learning.method``).
 
-- ``{type: float, low, high, log: false, step: null, grid: null}``
-- ``{type: int, low, high, step: 1, log: false, grid: null}``
-- ``{type: categorical, choices: [...]}`` (choices are null, booleans, numbers or strings)
-- a plain value (a scalar or a list of scalars), which is fixed.
+Optuna names: ``family``, then ``<family>.<key>`` for the drawn family's keys (so TPE sees
+a conditional space), then the budget keys. :meth:`SearchSpace.from_config` checks all of
+this and builds every family at the middle and ends of its ranges before any training;
+:meth:`SearchSpace.suggest` draws one configuration; :func:`grid` lists a grid's values.
 
-``grid`` lists the values Optuna's GridSampler tries; a float range needs it (or a
-``step``) to take part in a grid search. ``low`` and ``high`` default to the grid's ends.
-
-A family's keys are dotted paths into the policy's config and must name parameters
-of its constructor (the signature is the schema). A key that starts with a run-config
-section (``pretrain.``, ``finetune.``, ``score.``, ``meta.``, ``trainer.``, ``model.``,
-``task.``) is instead an override of the run's config, applied only when that family
-is drawn (e.g. how a learned policy is trained). Budget keys are run-config overrides
-for every trial.
-
-Optuna parameter names: ``family``, then ``<family>.<key>`` for the drawn family's
-keys (so TPE sees a conditional space), then the budget keys as written.
-
-:meth:`SearchSpace.from_config` checks all of this, and builds every family at the
-middle and the ends of its ranges, before any training; :meth:`SearchSpace.suggest`
-draws one configuration; :func:`grid` lists the values for a grid search.
+Why this module is long: this docstring is the schema users write against (~45 lines);
+the code itself is under 400.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
+import logging
 import math
+import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
 
 import hydra.utils
 import optuna
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from maskpolicy.policies import available, resolve
+from maskpolicy.meta.config import modern_key
+from maskpolicy.policies import PolicyError, resolve
 
+log = logging.getLogger(__name__)
 FAMILY = "family"
 SECTIONS = ("families", "budget")
-RUN_SECTIONS = ("pretrain", "finetune", "score", "meta", "trainer", "model", "task")
-TYPES = ("float", "int", "categorical")
-KIND_NAMES = {"bool": "a boolean", "int": "an integer", "float": "a number", "str": "a string"}
+RUN_SECTIONS = ("pretrain", "finetune", "score", "learning", "trainer", "model", "task")
+DISTRIBUTIONS = {"float": FloatDistribution, "int": IntDistribution, "categorical": CategoricalDistribution}
+TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
 
 
 class SearchSpaceError(ValueError):
     """The search space configuration cannot be searched."""
 
 
-# ---------------------------------------------------------------------------- parameter domains
-
-
-class Domain(Protocol):
-    """What one parameter may take: a range, a set of choices, or one fixed value."""
-
-    searched: bool
-
-    def suggest(self, trial: optuna.Trial, name: str) -> Any: ...
-
-    def grid_values(self, name: str) -> list[Any]: ...
-
-    def probes(self) -> tuple[Any, ...]:
-        """A typical value first, then the extremes: what the up-front build check tries."""
-        ...
-
-
 @dataclass(frozen=True)
-class FloatRange:
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
-    grid: tuple[float, ...] | None = None
-    searched: bool = field(default=True, init=False)
+class Domain:
+    """What one parameter may take: an Optuna distribution (searched) or, without one, a fixed value."""
 
-    def suggest(self, trial: optuna.Trial, name: str) -> float:
-        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+    distribution: BaseDistribution | None = None
+    value: Any = None
+    grid: tuple[Any, ...] | None = None  # the values a grid search tries
 
-    def grid_values(self, name: str) -> list[float]:
-        if self.grid is not None:
-            return list(self.grid)
-        if self.step is not None:
-            count = round((self.high - self.low) / self.step) + 1
-            return [round(self.low + k * self.step, 12) for k in range(count)]
-        raise SearchSpaceError(
-            f"{name}: a float range cannot be enumerated for a grid search; list the values to try "
-            f"(grid: [{self.low}, {self.high}]) or give a step"
-        )
-
-    def probes(self) -> tuple[float, ...]:
-        if self.grid is not None:
-            return (self.grid[len(self.grid) // 2], self.low, self.high)
-        middle = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
-        if self.step is not None:
-            middle = self.low + round((middle - self.low) / self.step) * self.step
-        return (middle, self.low, self.high)
-
-
-@dataclass(frozen=True)
-class IntRange:
-    low: int
-    high: int
-    log: bool = False
-    step: int = 1
-    grid: tuple[int, ...] | None = None
-    searched: bool = field(default=True, init=False)
-
-    def suggest(self, trial: optuna.Trial, name: str) -> int:
-        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
-
-    def grid_values(self, name: str) -> list[int]:
-        return list(self.grid) if self.grid is not None else list(range(self.low, self.high + 1, self.step))
-
-    def probes(self) -> tuple[int, ...]:
-        if self.grid is not None:
-            return (self.grid[len(self.grid) // 2], self.low, self.high)
-        middle = self.low + (self.high - self.low) // (2 * self.step) * self.step
-        return (middle, self.low, self.high)
-
-
-@dataclass(frozen=True)
-class Choice:
-    choices: tuple[Any, ...]
-    searched: bool = field(default=True, init=False)
+    @property
+    def searched(self) -> bool:
+        return self.distribution is not None
 
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
-        return trial.suggest_categorical(name, list(self.choices))
+        d = self.distribution
+        if d is None:
+            return copy.deepcopy(self.value)
+        if isinstance(d, CategoricalDistribution):
+            return trial.suggest_categorical(name, list(d.choices))
+        suggest = trial.suggest_int if isinstance(d, IntDistribution) else trial.suggest_float
+        return suggest(name, d.low, d.high, step=d.step, log=d.log)
 
     def grid_values(self, name: str) -> list[Any]:
-        return list(self.choices)
+        d = self.distribution
+        if d is None or isinstance(d, CategoricalDistribution) or self.grid is not None:
+            return list(self.grid or self.probes())
+        if d.step is None:
+            raise SearchSpaceError(f"{name}: a grid search needs a float range's values (grid: [...]) or a step")
+        return [round(d.low + k * d.step, 12) for k in range(round((d.high - d.low) / d.step) + 1)]
 
     def probes(self) -> tuple[Any, ...]:
-        return self.choices
-
-
-@dataclass(frozen=True)
-class Fixed:
-    value: Any
-    searched: bool = field(default=False, init=False)
-
-    def suggest(self, trial: optuna.Trial, name: str) -> Any:
-        return copy.deepcopy(self.value)
-
-    def grid_values(self, name: str) -> list[Any]:
-        return [self.value]
-
-    def probes(self) -> tuple[Any, ...]:
-        return (self.value,)
+        """A typical value first, then the extremes or every choice: what the up-front build check tries."""
+        d = self.distribution
+        if d is None or isinstance(d, CategoricalDistribution):
+            return (self.value,) if d is None else d.choices
+        if self.grid is not None:
+            return (self.grid[len(self.grid) // 2], d.low, d.high)
+        middle = math.sqrt(d.low * d.high) if d.log else (d.low + d.high) / 2
+        if d.step is not None:  # an int range always has one, so its middle is an int
+            middle = d.low + round((middle - d.low) / d.step) * d.step
+        return (middle, d.low, d.high)
 
 
 def _is_plain(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 
-def _number(where: str, value: Any, what: str, integer: bool = False) -> Any:
-    kind = int if integer else int | float
-    if isinstance(value, bool) or not isinstance(value, kind):
+def _number(where: str, value: Any, what: str, integer: bool) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
         hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) and "e" in value else ""
         expected = "an integer" if integer else "a number"
         raise SearchSpaceError(f"{where}: {what} must be {expected}, got {value!r}{hint}")
     return value
 
 
-def _check_keys(where: str, raw: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(raw) - {"type", *allowed})
-    if unknown:
-        raise SearchSpaceError(f"{where}: unknown key(s) {unknown} for type {raw['type']}; allowed: {list(allowed)}")
-
-
-def _grid(where: str, raw: Mapping[str, Any], integer: bool) -> tuple[Any, ...] | None:
-    grid = raw.get("grid")
-    if grid is None:
-        return None
-    if not isinstance(grid, list | tuple) or not grid:
-        raise SearchSpaceError(f"{where}: grid must be a non-empty list of values, got {grid!r}")
-    return tuple(_number(where, value, "every grid value", integer) for value in grid)
-
-
-def _bounds(where: str, raw: Mapping[str, Any], grid: tuple[Any, ...] | None, integer: bool) -> tuple[Any, Any]:
-    if grid is None and ("low" not in raw or "high" not in raw):
-        raise SearchSpaceError(f"{where}: a {raw['type']} range needs low and high (or a grid)")
-    low = _number(where, raw.get("low", min(grid) if grid else None), "low", integer)
-    high = _number(where, raw.get("high", max(grid) if grid else None), "high", integer)
-    if low > high:
-        raise SearchSpaceError(f"{where}: low ({low}) is greater than high ({high})")
-    if grid is not None and not all(low <= value <= high for value in grid):
-        raise SearchSpaceError(f"{where}: grid values {list(grid)} must lie within [low, high] = [{low}, {high}]")
-    return low, high
-
-
-def _check_step(where: str, low: float, high: float, step: float) -> None:
-    if not step > 0:
-        raise SearchSpaceError(f"{where}: step must be > 0, got {step}")
-    steps = (high - low) / step
-    if abs(steps - round(steps)) > 1e-8:
-        raise SearchSpaceError(f"{where}: high - low ({high} - {low}) must be a whole number of steps ({step})")
-
-
-def _parse_float(where: str, raw: Mapping[str, Any]) -> FloatRange:
-    _check_keys(where, raw, ("low", "high", "log", "step", "grid"))
-    grid = _grid(where, raw, integer=False)
-    low, high = _bounds(where, raw, grid, integer=False)
-    log = bool(raw.get("log", False))
-    if log and low <= 0:
-        raise SearchSpaceError(f"{where}: a log-scale range needs low > 0, got low = {low}")
-    step = raw.get("step")
-    if step is not None:
-        if log:
-            raise SearchSpaceError(f"{where}: Optuna cannot combine log: true with a step; drop one of them")
-        _check_step(where, low, high, _number(where, step, "step"))
-    return FloatRange(float(low), float(high), log, None if step is None else float(step),
-                      None if grid is None else tuple(float(v) for v in grid))
-
-
-def _parse_int(where: str, raw: Mapping[str, Any]) -> IntRange:
-    _check_keys(where, raw, ("low", "high", "log", "step", "grid"))
-    grid = _grid(where, raw, integer=True)
-    low, high = _bounds(where, raw, grid, integer=True)
-    log = bool(raw.get("log", False))
-    if log and low < 1:
-        raise SearchSpaceError(f"{where}: a log-scale int range needs low ≥ 1, got low = {low}")
-    step = _number(where, raw.get("step", 1), "step", integer=True)
-    if log and step != 1:
-        raise SearchSpaceError(f"{where}: Optuna cannot combine log: true with a step other than 1")
-    _check_step(where, low, high, step)
-    return IntRange(low, high, log, step, grid)
-
-
-def _parse_categorical(where: str, raw: Mapping[str, Any]) -> Choice:
-    _check_keys(where, raw, ("choices",))
-    choices = raw.get("choices")
-    if not isinstance(choices, list | tuple) or not choices:
-        raise SearchSpaceError(f"{where}: a categorical needs a non-empty list of choices, got {choices!r}")
-    if not all(_is_plain(choice) for choice in choices):
-        raise SearchSpaceError(f"{where}: Optuna's choices are null, booleans, numbers or strings; got {choices!r}")
-    return Choice(tuple(choices))
-
-
-PARSERS: dict[str, Callable[[str, Mapping[str, Any]], Domain]] = {
-    "float": _parse_float, "int": _parse_int, "categorical": _parse_categorical,
-}
+def _distribution(where: str, kind: str, options: dict[str, Any]) -> Domain:
+    """Optuna's distribution, whose constructor checks its arguments; ``grid`` is ours."""
+    if kind == "categorical":
+        return Domain(CategoricalDistribution(**options))
+    grid = options.pop("grid", None)
+    if grid is not None:
+        if not isinstance(grid, list | tuple) or not grid:
+            raise SearchSpaceError(f"{where}: grid must be a non-empty list of values, got {grid!r}")
+        grid = tuple(_number(where, value, "every grid value", kind == "int") for value in grid)
+        options = {"low": min(grid), "high": max(grid), **options}
+    for name in ("low", "high", "step"):
+        if options.get(name) is not None:
+            _number(where, options[name], name, kind == "int")
+    distribution = DISTRIBUTIONS[kind](**options)
+    if grid and not all(distribution.low <= value <= distribution.high for value in grid):
+        raise SearchSpaceError(f"{where}: grid values {list(grid)} must lie within [low, high]")
+    return Domain(distribution, grid=grid)
 
 
 def parse_domain(where: str, raw: Any) -> Domain:
     """One parameter's entry: a ``{type: ...}`` mapping is searched, a plain value is fixed."""
-    if isinstance(raw, Mapping):
-        kind = raw.get("type")
-        if kind not in PARSERS:
-            problem = "has no type" if kind is None else f"has unknown type {kind!r}"
-            raise SearchSpaceError(
-                f"{where} {problem}: a searched parameter is a mapping with type: {' | '.join(TYPES)}; "
-                "a fixed value is a plain scalar or list (fix one entry of a mapping with a dotted key)"
-            )
-        return PARSERS[kind](where, raw)
     if _is_plain(raw) or (isinstance(raw, list | tuple) and all(_is_plain(item) for item in raw)):
-        return Fixed(list(raw) if isinstance(raw, list | tuple) else raw)
-    raise SearchSpaceError(
-        f"{where}: a fixed value must be null, a boolean, a number, a string or a list of them; "
-        f"got a {type(raw).__name__}"
-    )
-
-
-# ---------------------------------------------------------------------------- policy factories
-
-
-def _import(path: str) -> Any:
-    """The object at a dotted import path (``package.module.Class``)."""
-    parts = path.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            found: Any = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attribute in parts[cut:]:
-            found = getattr(found, attribute)
-        return found
-    raise ImportError(f"no module in {path!r} can be imported")
-
-
-def _factory(where: str, name: str, target: Any) -> tuple[Callable[..., Any], str]:
-    """The policy factory and its ``_target_`` path, for a registered name or an explicit target."""
-    if target is not None:
-        if not isinstance(target, str):
-            raise SearchSpaceError(f"{where}._target_ must be an import path string, got {target!r}")
-        try:
-            factory = _import(target)
-        except (ImportError, AttributeError) as error:
-            raise SearchSpaceError(f"{where}: cannot import _target_ {target!r} ({error})") from error
-        if not callable(factory):
-            raise SearchSpaceError(f"{where}: _target_ {target!r} is not a class or function")
-        return factory, target
-    if name not in available():
+        return Domain(value=list(raw) if isinstance(raw, list | tuple) else raw)
+    if not isinstance(raw, Mapping):
+        raise SearchSpaceError(f"{where}: a fixed value must be null, a boolean, a number, a string or a list of them")
+    kind = raw.get("type")
+    if kind not in DISTRIBUTIONS:
         raise SearchSpaceError(
-            f"{where}: unknown policy {name!r}; available: {', '.join(available())}. A policy that is not "
-            "registered needs a _target_ (its import path, e.g. my_package.policies.MyPolicy)"
+            f"{where} {'has no type' if kind is None else f'has unknown type {kind!r}'}: a searched parameter is "
+            "a mapping with type: float | int | categorical; a fixed value is a plain scalar or list"
         )
-    factory = resolve(name)
-    return factory, f"{factory.__module__}.{factory.__qualname__}"
+    with warnings.catch_warnings():
+        # Optuna only warns when a step does not divide the range (then shrinks it) or a choice cannot be stored
+        warnings.simplefilter("error")
+        try:
+            return _distribution(where, kind, {key: value for key, value in raw.items() if key != "type"})
+        except SearchSpaceError:
+            raise
+        except (TypeError, ValueError, UserWarning) as error:  # a TypeError names an unknown or missing key
+            raise SearchSpaceError(f"{where}: {error}") from error
 
 
-def _signature(factory: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
+def _import(where: str, target: Any) -> Callable[..., Any]:
+    if not isinstance(target, str):
+        raise SearchSpaceError(f"{where}: a _target_ is a fixed import path string, got {target!r}")
+    try:
+        factory = hydra.utils.get_object(target)
+    except ImportError as error:
+        raise SearchSpaceError(f"{where}: cannot import _target_ {target!r} ({error})") from error
+    if not callable(factory):
+        raise SearchSpaceError(f"{where}: _target_ {target!r} is not a class or function")
+    return factory
+
+
+def _registered(where: str, name: str) -> str:
+    """The ``_target_`` path of a registered policy name."""
+    try:
+        factory = resolve(name)
+    except PolicyError as error:
+        raise SearchSpaceError(f"{where}: {error}; or give the family a _target_ (an import path)") from error
+    return f"{factory.__module__}.{factory.__qualname__}"
+
+
+def _parameters(factory: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
     """The factory's keyword parameters; None when it takes ``**kwargs`` (anything goes)."""
     parameters = inspect.signature(factory).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
@@ -342,82 +206,63 @@ def _signature(factory: Callable[..., Any]) -> dict[str, inspect.Parameter] | No
     return {name: p for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL}
 
 
-def _is_mixture(factory: Callable[..., Any]) -> bool:
-    parameters = _signature(factory) or {}
-    return "components" in parameters and "weights" in parameters
-
-
-def _kind(value: Any) -> str | None:
-    for kind, types in (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", list | tuple)):
-        if isinstance(value, types):
-            return kind
-    return None
-
-
-def _domain_kinds(domain: Domain) -> set[str | None]:
-    if isinstance(domain, FloatRange):
-        return {"float"}
-    if isinstance(domain, IntRange):
-        return {"int"}
-    return {_kind(value) for value in domain.probes() if value is not None}
-
-
-def _check_kind(where: str, domain: Domain, parameter: inspect.Parameter | None) -> None:
-    """A value of another kind than the parameter's default (a string for a rate) is refused."""
-    if parameter is None or parameter.default is inspect.Parameter.empty:
-        return
-    expected = _kind(parameter.default)
-    accepted = {"float": {"float", "int"}}.get(expected, {expected})
-    if expected in KIND_NAMES and not _domain_kinds(domain) <= accepted:
-        shown = {FloatRange: "a float range", IntRange: "an int range"}.get(type(domain), list(domain.probes()))
-        raise SearchSpaceError(
-            f"{where}: {parameter.name} takes {KIND_NAMES[expected]} (its default is {parameter.default!r}), "
-            f"got {shown}"
-        )
-
-
-def _require_parameter(where: str, factory: Callable[..., Any], name: str) -> inspect.Parameter | None:
-    """The constructor parameter ``name``; a clear error when the factory has none by that name."""
-    parameters = _signature(factory)
+def _check_parameter(where: str, factory: Callable[..., Any], name: str, domain: Domain | None) -> None:
+    """``name`` must be a parameter of ``factory``; a value of another type than its default's is refused."""
+    parameters = _parameters(factory)
     if parameters is None:
-        return None
+        return
     if name not in parameters:
-        label = getattr(factory, "__qualname__", repr(factory))
         raise SearchSpaceError(
-            f"{where}: {label} has no parameter {name!r}; its parameters: {', '.join(parameters) or 'none'}. "
-            f"Keys starting with {', '.join(s + '.' for s in RUN_SECTIONS)} override the run's config instead"
+            f"{where}: {getattr(factory, '__qualname__', factory)} has no parameter {name!r}; its parameters: "
+            f"{', '.join(parameters) or 'none'}. Keys starting with {', '.join(s + '.' for s in RUN_SECTIONS)} "
+            "override the run's config instead"
         )
-    return parameters[name]
+    default = parameters[name].default
+    accepted = {int, float} if type(default) is float else {type(default)}
+    values = [value for value in (domain.probes() if domain else ()) if value is not None]
+    if type(default) in TYPE_NAMES and any(type(value) not in accepted for value in values):
+        raise SearchSpaceError(f"{where}: {name} takes {TYPE_NAMES[type(default)]} (default {default!r}), got {values}")
 
 
-# ---------------------------------------------------------------------------- families
+def _node(config: Any, parts: list[str]) -> dict[str, Any]:
+    for part in parts:
+        config = config.get(part) if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
+def _check_path(where: str, skeleton: dict[str, Any], path: str, domain: Domain | None) -> None:
+    """Checks ``path`` against the constructor of the nearest enclosing node with a ``_target_``."""
+    parts = path.split(".")
+    if parts[-1] == "_target_":  # a nested node: its target must import, and its place is checked below
+        if domain.searched or len(parts) == 1:
+            raise SearchSpaceError(f"{where}: a nested _target_ is a fixed import path under a parameter")
+        _import(where, domain.value)
+        parts, domain = parts[:-1], None
+    depth = max(d for d in range(len(parts)) if "_target_" in _node(skeleton, parts[:d]))
+    owner = _import(where, _node(skeleton, parts[:depth])["_target_"])
+    _check_parameter(where, owner, parts[depth], domain if depth == len(parts) - 1 else None)
 
 
 @dataclass(frozen=True)
 class Family:
-    """One policy family: how to turn its parameters' values into a policy config.
-
-    Attributes:
-        name: the family's name (the value of the ``family`` categorical).
-        template: the policy config before parameters: ``_target_`` (and a mixture's components).
-        policy_params: policy key → domain.
-        destinations: policy key → the config paths its value is written to (a mixture's
-            shared keys go to every component).
-        run_params: run-config key → domain, applied when this family is drawn.
-    """
+    """One policy family: ``_target_``, policy key → domain and the config paths its value goes to, run keys."""
 
     name: str
-    template: dict[str, Any]
+    target: str
     policy_params: dict[str, Domain]
     destinations: dict[str, tuple[str, ...]]
-    run_params: dict[str, Domain]
+    run_params: dict[str, Domain]  # run-config key → domain, applied when this family is drawn
 
     def policy_config(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """The nested, instantiable policy config for one value per policy key."""
-        config = copy.deepcopy(self.template)
+        config: dict[str, Any] = {"_target_": self.target}
         for key, value in values.items():
             for path in self.destinations[key]:
-                _set_path(config, path, value)
+                *parents, leaf = path.split(".")
+                node = config
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = copy.deepcopy(value)
         return config
 
     def suggest(self, trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -432,128 +277,62 @@ class Family:
         return {f"{self.name}.{key}": domain for key, domain in params.items() if domain.searched}
 
 
-def _set_path(config: dict[str, Any], path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    for part in parents:
-        config = config.setdefault(part, {})
-    config[leaf] = copy.deepcopy(value)
+def _run_key(where: str, key: Any) -> str | None:
+    """``key`` in today's spelling if it is a run-config path, else None."""
+    modern = modern_key(key) if isinstance(key, str) else ""
+    if modern.split(".")[0] not in RUN_SECTIONS or "." not in modern:
+        return None
+    if modern != key:
+        log.warning("%s: %s is now spelt %s", where, key, modern)
+    return modern
 
 
-def _split_run_keys(where: str, raw: Mapping[str, Any], factory: Callable[..., Any]) -> tuple[dict, dict]:
-    """Parses a family's keys into (policy key → domain, run-config key → domain)."""
-    parameters = _signature(factory)
-    policy, run = {}, {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or not key:
-            raise SearchSpaceError(f"{where}: parameter names must be non-empty strings, got {key!r}")
-        domain = parse_domain(f"{where}.{key}", value)
-        first = key.split(".")[0]
-        is_run_key = first in RUN_SECTIONS and "." in key and (parameters is None or first not in parameters)
-        (run if is_run_key else policy)[key] = domain
-    return policy, run
-
-
-def _plain_layout(where: str, factory: Callable[..., Any], params: dict[str, Domain]) -> dict[str, tuple[str, ...]]:
-    for key, domain in params.items():
-        parameter = _require_parameter(f"{where}.{key}", factory, key.split(".")[0])
-        if "." not in key:
-            _check_kind(f"{where}.{key}", domain, parameter)
-    return {key: (key,) for key in params}
-
-
-@dataclass
-class _Mixture:
-    """A mixture family's parts while it is parsed."""
-
-    components: dict[str, Callable[..., Any]] = field(default_factory=dict)
-    targets: dict[str, Any] = field(default_factory=dict)
-    weights: dict[str, Domain] = field(default_factory=dict)
-
-
-def _mixture_components(where: str, params: dict[str, Domain]) -> _Mixture:
-    """Finds the components (names under ``weights.`` and ``components.``) and their factories."""
-    mixture = _Mixture()
-    for key, domain in params.items():
-        parts = key.split(".")
-        if parts[0] == "weights" and len(parts) == 2:
-            mixture.weights[parts[1]] = domain
-            mixture.targets.setdefault(parts[1], None)
-        elif parts[0] == "components" and len(parts) >= 3:
-            mixture.targets.setdefault(parts[1], None)
-            if parts[2] == "_target_" and len(parts) == 3:
-                if not isinstance(domain, Fixed):
-                    raise SearchSpaceError(f"{where}.{key}: a component's _target_ is fixed, not searched")
-                mixture.targets[parts[1]] = domain.value
-        elif parts[0] in ("weights", "components"):
-            raise SearchSpaceError(
-                f"{where}.{key}: write weights.<component> or components.<component>.<parameter>"
-            )
-    if not mixture.targets:
-        raise SearchSpaceError(
-            f"{where}: a mixture needs components: give weights.<policy> for each, e.g. "
-            "weights.entity: {type: float, low: 0.0, high: 1.0} and weights.random: {...}"
-        )
-    if mixture.weights and set(mixture.weights) != set(mixture.targets):
-        missing = sorted(set(mixture.targets) - set(mixture.weights))
-        raise SearchSpaceError(f"{where}: every mixture component needs a weight; missing weights.{missing[0]}")
-    for name, target in mixture.targets.items():
-        factory, path = _factory(f"{where}.components.{name}", name, target)
-        if _is_mixture(factory):
-            raise SearchSpaceError(f"{where}: component {name!r} is itself a mixture; list its parts directly")
-        mixture.components[name], mixture.targets[name] = factory, path
-    return mixture
-
-
-def _check_weights(where: str, weights: dict[str, Domain]) -> None:
-    for name, domain in weights.items():
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in domain.probes()):
-            raise SearchSpaceError(f"{where}.weights.{name}: mixture weights are non-negative numbers")
-    if weights and not any(max(domain.probes()) > 0 for domain in weights.values()):
-        raise SearchSpaceError(f"{where}: the mixture weights can only be zero; let at least one be positive")
-
-
-def _mixture_layout(where: str, params: dict[str, Domain]) -> tuple[dict[str, Any], dict[str, tuple[str, ...]]]:
-    """A mixture's template (its components' targets) and where each key's value goes."""
-    mixture = _mixture_components(where, params)
-    _check_weights(where, mixture.weights)
-    template = {"components": {name: {"_target_": path} for name, path in mixture.targets.items()}}
-    destinations: dict[str, tuple[str, ...]] = {}
-    for key, domain in params.items():
-        parts = key.split(".")
-        if parts[0] == "weights":
-            destinations[key] = (key,)
-        elif parts[0] == "components":
-            if parts[2] == "_target_":
-                continue  # already in the template
-            parameter = _require_parameter(f"{where}.{key}", mixture.components[parts[1]], parts[2])
-            if len(parts) == 3:
-                _check_kind(f"{where}.{key}", domain, parameter)
-            destinations[key] = (key,)
-        else:  # shared by every component
-            for name, factory in mixture.components.items():
-                parameter = _require_parameter(f"{where}.{key} (shared with component {name!r})", factory, parts[0])
-                if len(parts) == 1:
-                    _check_kind(f"{where}.{key}", domain, parameter)
-            destinations[key] = tuple(f"components.{name}.{key}" for name in mixture.components)
-    return template, destinations
+def _destinations(where: str, raw: Any) -> tuple[Any, tuple[str, ...] | None]:
+    """A parameter's entry without its ``to:`` list, and that list."""
+    if not isinstance(raw, Mapping) or "to" not in raw:
+        return raw, None
+    to = raw["to"]
+    if not isinstance(to, list | tuple) or not to or not all(isinstance(path, str) and path for path in to):
+        raise SearchSpaceError(f"{where}: to is a non-empty list of dotted paths, got {to!r}")
+    return {k: v for k, v in raw.items() if k != "to"}, tuple(to)
 
 
 def parse_family(name: str, raw: Any) -> Family:
-    """Checks one family's entry against its policy's constructor and lays out its config."""
+    """Checks one family's entry against its policies' constructors and lays out its config."""
     where = f"families.{name}"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, Mapping | None):
         raise SearchSpaceError(f"{where} must be a mapping of parameters (or empty), got {raw!r}")
-    raw = dict(raw)
-    factory, target = _factory(where, name, raw.pop("_target_", None))
-    policy_params, run_params = _split_run_keys(where, raw, factory)
-    if _is_mixture(factory):
-        template, destinations = _mixture_layout(where, policy_params)
-        policy_params = {key: domain for key, domain in policy_params.items() if key in destinations}
-    else:
-        template, destinations = {}, _plain_layout(where, factory, policy_params)
-    return Family(name, {"_target_": target, **template}, policy_params, destinations, run_params)
+    raw = dict(raw or {})
+    target = raw.pop("_target_", None) or _registered(where, name)
+    own = _parameters(_import(where, target)) or {}  # a policy parameter wins over a run section of its name
+    policy, destinations, run = {}, {}, {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not key:
+            raise SearchSpaceError(f"{where}: parameter names must be non-empty strings, got {key!r}")
+        run_key = None if key.split(".")[0] in own else _run_key(f"{where}.{key}", key)
+        if run_key in run:
+            raise SearchSpaceError(f"{where}.{key}: {run_key} is written twice")
+        if run_key is not None:
+            run[run_key] = parse_domain(f"{where}.{key}", value)
+        else:
+            value, to = _destinations(f"{where}.{key}", value)
+            policy[key], destinations[key] = parse_domain(f"{where}.{key}", value), to or (key,)
+    family = Family(name, target, policy, destinations, run)
+    _check_layout(family)
+    return family
+
+
+def _check_layout(family: Family) -> None:
+    """Every path is written once, by one key, and names a parameter of the constructor that receives it."""
+    paths = sorted((path for paths in family.destinations.values() for path in paths), key=lambda p: p.split("."))
+    for path, after in pairwise(paths):
+        if after == path or after.startswith(f"{path}."):
+            raise SearchSpaceError(f"families.{family.name}: {path} is written twice (also by {after})")
+    skeleton = family.policy_config({key: domain.probes()[0] for key, domain in family.policy_params.items()})
+    for key, domain in family.policy_params.items():
+        for path in family.destinations[key]:
+            where = f"families.{family.name}.{key}" + ("" if path == key else f" (to {path})")
+            _check_path(where, skeleton, path, domain)
 
 
 def _probe_points(family: Family) -> list[dict[str, Any]]:
@@ -573,29 +352,15 @@ def check_builds(family: Family) -> None:
         except Exception as error:  # a factory may raise anything; all of it is a bad space
             cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
             shown = ", ".join(f"{key}={value!r}" for key, value in values.items()) or "its defaults"
-            raise SearchSpaceError(
-                f"families.{family.name}: the policy cannot be built with {shown}: {cause}"
-            ) from error
+            raise SearchSpaceError(f"families.{family.name}: cannot build the policy with {shown}: {cause}") from error
         if not callable(getattr(policy, "select", None)):
-            raise SearchSpaceError(
-                f"families.{family.name}: {type(policy).__name__} is not a masking policy (no select method)"
-            )
-
-
-# ---------------------------------------------------------------------------- the space
+            raise SearchSpaceError(f"families.{family.name}: {type(policy).__name__} is not a policy (no select)")
 
 
 @dataclass(frozen=True)
 class Suggestion:
-    """One trial's draw.
-
-    Attributes:
-        family: the drawn family's name.
-        policy: an instantiable policy config (``_target_`` plus parameters, nested; a
-            mixture with its component configs): it replaces the run's ``policy`` node.
-        overrides: run-config dotted path → value (the budget and the family's run keys),
-            e.g. ``{"pretrain.steps": 1000}``; apply with ``OmegaConf.update(cfg, key, value)``.
-    """
+    """One trial's draw: the family, an instantiable (nested) policy config that replaces the run's ``policy``
+    node, and run-config dotted path → value overrides (apply with ``OmegaConf.update(cfg, key, value)``)."""
 
     family: str
     policy: dict[str, Any]
@@ -621,10 +386,7 @@ class SearchSpace:
             raise SearchSpaceError(f"unknown search-space section(s) {unknown}; the sections are {list(SECTIONS)}")
         families_config = config.get("families") or {}
         if not isinstance(families_config, Mapping) or not families_config:
-            raise SearchSpaceError(
-                "the search space has no families: list at least one policy under families:, e.g. "
-                "families: {random: {rate: {type: float, low: 0.05, high: 0.5}}}"
-            )
+            raise SearchSpaceError("the search space has no families: list at least one policy under families:")
         families = {str(name): parse_family(str(name), raw) for name, raw in families_config.items()}
         space = cls(families, _parse_budget(config.get("budget") or {}))
         space._check_names()
@@ -649,7 +411,7 @@ class SearchSpace:
             both = sorted(set(family.run_params) & set(self.budget))
             if both:
                 raise SearchSpaceError(f"families.{family.name}.{both[0]} is also in budget; set it in one place")
-        duplicates = sorted({name for name in names if names.count(name) > 1})
+        duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
         if duplicates:
             raise SearchSpaceError(f"parameter name {duplicates[0]!r} is used twice; rename a family or budget key")
 
@@ -659,12 +421,10 @@ def _parse_budget(raw: Any) -> dict[str, Domain]:
         raise SearchSpaceError(f"budget must be a mapping of run-config keys, got {raw!r}")
     budget = {}
     for key, value in raw.items():
-        if not isinstance(key, str) or key.split(".")[0] not in RUN_SECTIONS or "." not in key:
-            raise SearchSpaceError(
-                f"budget.{key}: budget keys are run-config paths starting with one of "
-                f"{', '.join(s + '.' for s in RUN_SECTIONS)} (e.g. pretrain.steps)"
-            )
-        budget[key] = parse_domain(f"budget.{key}", value)
+        run_key = _run_key(f"budget.{key}", key)
+        if run_key is None:
+            raise SearchSpaceError(f"budget.{key}: budget keys are run-config paths in {RUN_SECTIONS} (pretrain.steps)")
+        budget[run_key] = parse_domain(f"budget.{key}", value)
     return budget
 
 

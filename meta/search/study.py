@@ -1,18 +1,15 @@
-"""The outer search: an Optuna study over masking policies, its workers and its final evaluation.
+"""The Optuna study over masking policies: set-up, the trial function, and the worker processes.
 
-``run_search`` reads straight through: check the space, sampler, pruner and storage
-(every bad setting fails here, before training) → start ``n_workers − 1`` worker
-processes on the same storage → optimise until the study holds ``n_trials`` finished
-trials (a re-run resumes; a killed worker's trial is marked failed by its missing
-heartbeat and its parameters are retried) → re-run the best trial of each policy family
-with several seeds and score it on the test split → leaderboard and report.
+:func:`prepare` checks everything before any training (space, objectives, sampler, pruner,
+storage, final seeds) and opens or resumes the study; :func:`optimize` runs trials in this
+process until the study holds ``search.n_trials`` finished ones (a killed worker's trial
+is failed by its missing heartbeat and its parameters retried); :func:`start_workers`
+adds processes on the same storage.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -27,23 +24,20 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from ..io import plain
-from .engines import SearchConfigError, build_pruner, build_sampler, open_storage
-from .pruning import OptunaPruning
-from .space import SearchSpace
-from .trial import run_trial
+from maskpolicy.meta.pipeline import RunNames
+from maskpolicy.meta.results.aggregate import METRICS
+from maskpolicy.meta.results.schema import PretrainResults
+from maskpolicy.meta.search import objectives as objective_defs
+from maskpolicy.meta.search.engines import SearchConfigError, build_pruner, build_sampler, open_storage
+from maskpolicy.meta.search.objectives import Objective, ObjectiveError
+from maskpolicy.meta.search.pruning import OptunaPruning
+from maskpolicy.meta.search.space import SearchSpace
+from maskpolicy.meta.search.trial import run_configuration
 
 log = logging.getLogger(__name__)
-OBJECTIVES = {"dev_em": "maximize", "mll": "maximize"}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-@dataclass(frozen=True)
-class Names:
-    """Config-group choices of the run, for results and labels."""
-
-    task: str
-    model: str
+TRIAL_METRICS = ("dev_em", "dev_f1", "mll_nats_per_token")  # what a trial records: never a test metric
+_MISSING = object()
 
 
 @dataclass
@@ -52,34 +46,55 @@ class Search:
 
     space: SearchSpace
     study: optuna.Study
-    objectives: tuple[str, ...]
+    objectives: tuple[Objective, ...]
     storage_location: str
+    final_seeds: tuple[int, ...]
 
 
 def prepare(cfg: DictConfig, output_dir: Path) -> Search:
-    """Builds and checks the space, objectives, sampler, pruner and storage; opens (or resumes) the study."""
+    """Checks the space, objectives, sampler, pruner, storage and final seeds; opens (or resumes) the study."""
     options = cfg.search
     space = SearchSpace.from_config(options.space)
     _check_run_keys(cfg, space)
-    objectives = tuple(options.objectives)
-    unknown = [name for name in objectives if name not in OBJECTIVES]
-    if not objectives or unknown:
-        raise SearchConfigError(f"search.objectives must be a non-empty list from {list(OBJECTIVES)}, got "
-                                f"{list(objectives)}")
-    sampler_name = options.sampler if len(objectives) == 1 or options.sampler != "tpe" else "nsga2"
+    try:
+        objectives = objective_defs.resolve(options.objectives)
+    except ObjectiveError as error:
+        raise SearchConfigError(str(error)) from error
+    seeds = final_seeds(cfg)
     # each worker process draws its own random stream, or workers would propose the same trials
-    sampler_seed = cfg.seed * 1000 + options.worker_index
-    sampler = build_sampler(sampler_name, sampler_seed, space, **plain(options.sampler_options))
-    pruner_name = options.pruner if len(objectives) == 1 else "none"  # Optuna prunes single-objective studies only
-    pruner = build_pruner(pruner_name, **(plain(options.pruner_options) if pruner_name != "none" else {}))
+    sampler = build_sampler(options.sampler, seed=cfg.seed * 1000 + options.worker_index)
+    pruner = build_pruner(options.pruner)
+    if objective_defs.pruning_monitor(objectives) is None and not isinstance(pruner, optuna.pruners.NopPruner):
+        log.info("no pruning: the objectives %s give the pruner nothing to compare during a trial",
+                 [o.name for o in objectives])
+        pruner = optuna.pruners.NopPruner()
     location = options.storage or str(output_dir / "study.db")
     storage = open_storage(location, options.heartbeat_interval, options.grace_period, options.max_retry)
     study = optuna.create_study(storage=storage, study_name=options.study_name, sampler=sampler, pruner=pruner,
-                                directions=[OBJECTIVES[name] for name in objectives], load_if_exists=True)
+                                directions=[o.direction for o in objectives], load_if_exists=True)
     if options.every_family_first and options.role == "main" and not study.get_trials(deepcopy=False):
         for family in list(space.families)[: options.n_trials]:  # the other parameters are left to the sampler
             study.enqueue_trial({"family": family}, skip_if_exists=True)
-    return Search(space, study, objectives, location)
+    return Search(space, study, objectives, location, seeds)
+
+
+def final_seeds(cfg: DictConfig) -> tuple[int, ...]:
+    """The seeds of the final re-runs: ``search.final.seeds``, or the ``n_seeds`` after the search's seed.
+
+    They must be disjoint from the seed the search ran its trials with: a final mean that
+    contained the run which won selection would be biased upwards.
+    """
+    final = cfg.search.final
+    seeds = tuple(range(cfg.seed + 1, cfg.seed + 1 + final.n_seeds)) if final.seeds is None else tuple(final.seeds)
+    if cfg.seed in seeds:
+        raise SearchConfigError(
+            f"search.final.seeds {list(seeds)} include the search's seed {cfg.seed}: the configuration that won "
+            f"selection on that seed would sit inside its own reported mean. Choose seeds the search did not use "
+            f"(e.g. search.final.seeds=[{cfg.seed + 1},{cfg.seed + 2}]) or leave search.final.seeds=null"
+        )
+    if len(set(seeds)) != len(seeds):
+        raise SearchConfigError(f"search.final.seeds {list(seeds)} repeat a seed; list each once")
+    return seeds
 
 
 def _check_run_keys(cfg: DictConfig, space: SearchSpace) -> None:
@@ -91,57 +106,56 @@ def _check_run_keys(cfg: DictConfig, space: SearchSpace) -> None:
                                 "check the spelling against `maskpolicy-search --cfg job`")
 
 
-_MISSING = object()
-
-
-def objective(cfg: DictConfig, search: Search, output_dir: Path, names: Names) -> Callable[[optuna.Trial], Any]:
-    """The function Optuna calls: one trial = one policy pre-trained, scored and fine-tuned."""
+def trial_function(cfg: DictConfig, search: Search, output_dir: Path, names: RunNames
+                   ) -> Callable[[optuna.Trial], Any]:
+    """The function Optuna calls: one trial = one policy pre-trained, scored and fine-tuned, judged on dev."""
+    monitor = objective_defs.pruning_monitor(search.objectives)
 
     def evaluate(trial: optuna.Trial) -> float | tuple[float, ...]:
         suggestion = search.space.suggest(trial)
         trial.set_user_attr("policy", suggestion.policy)
         trial.set_user_attr("overrides", suggestion.overrides)
-        callbacks = [OptunaPruning(trial, monitor="dev/em")] if len(search.objectives) == 1 else []
+        callbacks = [] if monitor is None else [OptunaPruning(trial, monitor.monitor, monitor.mode)]
         try:
-            results = run_trial(cfg, suggestion.family, suggestion.policy, suggestion.overrides,
-                                output_dir / "trials" / f"{trial.number:04d}", cfg.seed, names.task, names.model,
-                                callbacks)
+            results = run_configuration(cfg, suggestion.policy, suggestion.overrides, cfg.seed,
+                                        output_dir / "trials" / f"{trial.number:04d}",
+                                        RunNames(suggestion.family, names.task, names.model),
+                                        test=False, callbacks=callbacks)
+            record(trial, results)
+            return objective_defs.values(search.objectives, results)
         except optuna.TrialPruned:
             raise
         except Exception as error:  # recorded on the trial; the study goes on (optimize catches it)
             trial.set_user_attr("failure", f"{type(error).__name__}: {error}")
             raise
-        record(trial, results)
-        values = {"dev_em": results["downstream"]["dev_em"], "mll": (results["mll"] or {}).get("nats_per_token")}
-        if any(values[name] is None or not math.isfinite(values[name]) for name in search.objectives):
-            raise ValueError(f"trial produced no finite value for {list(search.objectives)}: {values}")
-        chosen = tuple(values[name] for name in search.objectives)
-        return chosen[0] if len(chosen) == 1 else chosen
 
     return evaluate
 
 
-def record(trial: optuna.Trial, results: dict[str, Any]) -> None:
+def record(trial: optuna.Trial, results: PretrainResults) -> None:
     """Keeps what the leaderboard and report need on the trial itself (the storage is the record)."""
-    mll = results.get("mll") or {}
-    trial.set_user_attr("mll_nats_per_token", mll.get("nats_per_token"))
-    trial.set_user_attr("mll_per_rate", mll.get("per_rate"))
-    trial.set_user_attr("seconds", results["wall_seconds"])
-    trial.set_user_attr("tokens", results["pretrain"].get("tokens", 0))
-    trial.set_user_attr("test_em", results["downstream"]["test_em"])
+    trial.set_user_attr("metrics", {name: METRICS[name](results) for name in TRIAL_METRICS})
+    trial.set_user_attr("seconds", results.wall_seconds)
+    trial.set_user_attr("tokens", results.pretrain.tokens)
 
 
-def optimize(cfg: DictConfig, search: Search, output_dir: Path, names: Names) -> None:
+def optimize(cfg: DictConfig, search: Search, output_dir: Path, names: RunNames) -> None:
     """Runs trials in this process until the study holds ``search.n_trials`` finished ones."""
-    budget = MaxTrialsCallback(cfg.search.n_trials, states=FINISHED)
-    if _finished(search.study) >= cfg.search.n_trials:
+    if len(search.study.get_trials(deepcopy=False, states=FINISHED)) >= cfg.search.n_trials:
         return
-    search.study.optimize(objective(cfg, search, output_dir, names), callbacks=[budget], catch=(Exception,),
+    budget = MaxTrialsCallback(cfg.search.n_trials, states=FINISHED)
+    search.study.optimize(trial_function(cfg, search, output_dir, names), callbacks=[budget], catch=(Exception,),
                           gc_after_trial=True)
 
 
-def _finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+def best_per_family(study: optuna.Study, objective: Objective) -> dict[str, FrozenTrial]:
+    """The completed trial with the best value of ``objective`` (the study's first) in each family."""
+    best: dict[str, FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        family = trial.params["family"]
+        if family not in best or objective.sign * trial.values[0] > objective.sign * best[family].values[0]:
+            best[family] = trial
+    return best
 
 
 def share_cores(processes: int) -> int:
@@ -162,7 +176,7 @@ def start_workers(count: int, overrides: Sequence[str], output_dir: Path, storag
     logs = output_dir / "workers"
     logs.mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        command = [sys.executable, "-m", "maskpolicy.meta.search.cli", *overrides, f"hydra.run.dir={output_dir}",
+        command = [sys.executable, "-m", "maskpolicy.meta.commands.search", *overrides, f"hydra.run.dir={output_dir}",
                    "search.role=worker", "search.n_workers=1", f"search.worker_index={index + 1}",
                    f"search.storage={storage}",
                    f"hydra.job_logging.handlers.file.filename={logs / f'worker-{index + 1}.log'}"]
@@ -170,28 +184,3 @@ def start_workers(count: int, overrides: Sequence[str], output_dir: Path, storag
             workers.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=env))
     return workers
-
-
-def best_per_family(study: optuna.Study) -> dict[str, FrozenTrial]:
-    """The completed trial with the best (first) objective of each family."""
-    best: dict[str, FrozenTrial] = {}
-    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        family = trial.params["family"]
-        if family not in best or sign * trial.values[0] > sign * best[family].values[0]:
-            best[family] = trial
-    return best
-
-
-def final_runs(cfg: DictConfig, label: str, policy: dict, overrides: dict, output_dir: Path, names: Names
-               ) -> list[dict]:
-    """A configuration re-run with every final seed; finished runs are read back, not re-run (resume)."""
-    runs = []
-    for seed in cfg.search.final.seeds:
-        run_dir = output_dir / "final" / label / f"seed-{seed}"
-        existing = run_dir / "results.json"
-        if existing.exists():
-            runs.append(json.loads(existing.read_text()))
-            continue
-        runs.append(run_trial(cfg, label, policy, overrides, run_dir, seed, names.task, names.model))
-    return runs

@@ -1,10 +1,10 @@
-"""One search trial: a policy configuration in, a pre-training run's ``results.json`` out.
+"""One configuration end to end: a policy config in, a pre-training run's typed results out.
 
-A trial is the same job as ``maskpolicy-pretrain`` — build the policy, pre-train, score
-the marginal likelihood on held-out text, fine-tune (epoch chosen on dev), test — with
-the policy and budget the sampler chose. A ``learned`` trial first trains its policy
-(``maskpolicy-meta``'s code, options under the run config's ``meta``: supervised or
-meta-learned) and then pre-trains with the saved artifact.
+The same steps as ``maskpolicy-pretrain`` (:mod:`maskpolicy.meta.pipeline`) with the policy,
+seed and run-config overrides the sampler (or the final evaluation) chose. A ``learned``
+policy is first trained with ``maskpolicy-learn``'s job (:func:`~maskpolicy.meta.learning.train.learn_policy`,
+options under the run config's ``learning``) and then pre-trains as the saved artifact.
+Search trials never touch the test split; the final re-runs do.
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from maskpolicy.meta.learning.train import learn_policy
+from maskpolicy.meta.pipeline import RunNames, run_pretraining
+from maskpolicy.meta.results import schema
+from maskpolicy.meta.results.schema import PretrainResults
 from maskpolicy.policies import LearnedPolicy
 
-from ..learn import run_meta
-from ..pretrain import run_pretrain
+ARTIFACT_LOADER = "maskpolicy.meta.learning.artifacts.load_policy"
+RUN_KEYS_FOR_LEARNING = ["task", "model", "policy", "learning", "seed"]
 
 
 class TrialFailed(RuntimeError):
@@ -29,7 +33,7 @@ class TrialFailed(RuntimeError):
 
 
 def trial_config(cfg: DictConfig, policy: Mapping[str, Any], overrides: Mapping[str, Any], seed: int) -> DictConfig:
-    """The run's config with this trial's policy node, seed and dotted budget overrides applied."""
+    """The run's config with this configuration's policy node, seed and dotted run-config overrides applied."""
     trial = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("policy", "search", "hydra")])
     trial.policy = OmegaConf.create(dict(policy))
     trial.seed = seed
@@ -39,7 +43,7 @@ def trial_config(cfg: DictConfig, policy: Mapping[str, Any], overrides: Mapping[
 
 
 def needs_training(policy: Mapping[str, Any]) -> bool:
-    """Whether the policy config builds a learned policy (any import path to it), which a trial trains first."""
+    """Whether the policy config builds a learned policy (any import path to it), which is trained first."""
     target = policy.get("_target_")
     if not isinstance(target, str):
         return False
@@ -50,33 +54,27 @@ def needs_training(policy: Mapping[str, Any]) -> bool:
     return isinstance(factory, type) and issubclass(factory, LearnedPolicy)
 
 
-def learn_policy(cfg: DictConfig, output_dir: Path, task_name: str) -> Path:
-    """Trains the run's learned policy as ``maskpolicy-meta`` would (options in ``cfg.meta``); returns its artifact."""
-    policy = OmegaConf.merge({"seed": cfg.seed}, cfg.policy)
-    meta_cfg = OmegaConf.create({"task": cfg.task, "model": cfg.model, "seed": cfg.seed, "policy": policy,
-                                 "meta": cfg.meta})
-    run_meta(meta_cfg, output_dir, task_name)
-    return output_dir / "policy"
-
-
-def run_trial(
+def run_configuration(
     cfg: DictConfig,
-    family: str,
     policy: Mapping[str, Any],
     overrides: Mapping[str, Any],
-    output_dir: Path,
     seed: int,
-    task_name: str,
-    model_name: str,
+    output_dir: Path,
+    names: RunNames,
+    *,
+    test: bool,
     callbacks: Sequence[pl.Callback] = (),
-) -> dict[str, Any]:
-    """Runs one configuration end to end; returns its ``results.json`` contents."""
+) -> PretrainResults:
+    """Runs one configuration and writes its ``results.json``; ``test`` scores the test split (final re-runs only)."""
     run_cfg = trial_config(cfg, policy, overrides, seed)
     if needs_training(policy):
-        artifact = learn_policy(run_cfg, output_dir / "learning", task_name)
-        run_cfg.policy = OmegaConf.create({"_target_": "maskpolicy.meta.artifacts.load_policy", "path": str(artifact)})
-    results = run_pretrain(run_cfg, output_dir, family, task_name, model_name, finetune_callbacks=callbacks)
-    loss = results["pretrain"].get("final_loss")
+        learning_dir = output_dir / "learning"
+        schema.save(learning_dir, learn_policy(OmegaConf.masked_copy(run_cfg, RUN_KEYS_FOR_LEARNING), learning_dir,
+                                               names.task))
+        run_cfg.policy = OmegaConf.create({"_target_": ARTIFACT_LOADER, "path": str(learning_dir / "policy")})
+    results = run_pretraining(run_cfg, output_dir, names, test=test, callbacks=callbacks)
+    loss = results.pretrain.final_loss
     if loss is not None and not math.isfinite(loss):
         raise TrialFailed(f"pre-training loss became {loss}; the trial's policy or learning rate diverged")
+    schema.save(output_dir, results)
     return results

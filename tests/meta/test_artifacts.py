@@ -8,8 +8,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from maskpolicy.meta.artifacts import CARD, WEIGHTS, ArtifactError, load_policy, read_card, save_policy
-from maskpolicy.meta.pretrain import build
+from maskpolicy.meta.config import build
+from maskpolicy.meta.learning.artifacts import CARD, WEIGHTS, ArtifactError, load_policy, read_card, save_policy
 from maskpolicy.policies import PORTABLE_FEATURES, LearnedPolicy, TokenBatch
 from maskpolicy.policies.features import FEATURE_SIZES
 
@@ -53,6 +53,20 @@ def test_saving_again_replaces_the_directory_whole(saved, tmp_path):
     save_policy(LearnedPolicy(rate=0.2, features=PORTABLE_FEATURES, hidden_size=8, embedding_dim=8), path, TRAINING)
     assert load_policy(path).rate == 0.2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]  # no staging or retired copies left
+
+
+def test_a_save_that_fails_leaves_the_previous_artifact_whole(saved, tmp_path, monkeypatch):
+    _, path = saved
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("maskpolicy.meta.learning.artifacts.write_json", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_policy(LearnedPolicy(rate=0.2, features=PORTABLE_FEATURES, hidden_size=8, embedding_dim=8), path,
+                    TRAINING)
+    assert load_policy(path).rate == 0.3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
 
 
 def test_policy_artifact_config_builds_it(saved):

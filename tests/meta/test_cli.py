@@ -23,7 +23,8 @@ TINY_BART = ["model=tiny_bart", "model.config.d_model=32", "model.config.encoder
              "model.config.decoder_ffn_dim=64"]
 
 
-def run_command(*overrides: str, cwd: Path, module: str = "maskpolicy.meta.pretrain") -> subprocess.CompletedProcess:
+def run_command(*overrides: str, cwd: Path, module: str = "maskpolicy.meta.commands.pretrain"
+                ) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", module, *overrides]
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -44,6 +45,8 @@ def test_one_run_writes_complete_results(tmp_path):
     assert pretrained["tokens"] > 0 and 0 < pretrained["masked_tokens"] < pretrained["tokens"]
     assert all(0.0 <= results["downstream"][k] <= 1.0 for k in ("dev_em", "test_em", "test_f1"))
     assert results["versions"]["torch"] and results["versions"]["maskpolicy"]
+    assert results["schema"] == {"command": "pretrain", "version": 2}
+    assert results["downstream"]["test_em"] is not None  # maskpolicy-pretrain scores test; search trials do not
     assert (tmp_path / "run/pretrained/model.safetensors").exists()
     assert (tmp_path / "run/pretrain/metrics.csv").exists() and (tmp_path / "run/finetune/metrics.csv").exists()
 
@@ -57,10 +60,11 @@ def test_seq2seq_model_with_full_sentence_targets(tmp_path):
 
 def test_multirun_sweeps_policies_and_summarises(tmp_path):
     sweep = tmp_path / "sweep"
-    run_command("--multirun", "policy=random,mixture", *TINY, *TINY_BERT, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    done = run_command("--multirun", "policy=random,mixture", *TINY, *TINY_BERT, f"hydra.sweep.dir={sweep}",
+                       cwd=tmp_path)
     summary = json.loads((tmp_path / "sweep/summary.json").read_text())
     assert sorted(row["policy"] for row in summary) == ["mixture", "random"]
-    assert (tmp_path / "sweep/summary.csv").exists()
+    assert (tmp_path / "sweep/summary.csv").exists() and "mixture" in done.stdout and "dev EM" in done.stdout
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):

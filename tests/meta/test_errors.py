@@ -5,7 +5,8 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.errors import MissingConfigException
 
-import maskpolicy.meta.pretrain as pretrain_command
+import maskpolicy.meta.pipeline as pipeline
+from maskpolicy.meta.config import build as build_node
 from maskpolicy.policies import BudgetError, EntityPolicy, PolicyError, TokenBatch, build
 from maskpolicy.tasks.base import TaskError
 
@@ -30,7 +31,7 @@ def test_rate_outside_the_unit_interval_is_refused_at_build_time(rate):
     with initialize_config_module("maskpolicy.conf", version_base="1.3"):
         cfg = compose("pretrain", overrides=["policy=span", f"policy.rate={rate}"])
     with pytest.raises(PolicyError, match=r"policy: masking rate must be in \(0, 1\]"):
-        pretrain_command.build(cfg.policy, "policy")
+        build_node(cfg.policy, "policy")
 
 
 def test_an_unreachable_entity_budget_says_how_to_fix_it():
@@ -52,8 +53,8 @@ def test_an_empty_task_corpus_is_refused_before_training(tiny_task, monkeypatch)
 
     with initialize_config_module("maskpolicy.conf", version_base="1.3"):
         cfg = compose("pretrain")
-    original = pretrain_command.build
+    original = pipeline.build
     fake_build = lambda node, what: EmptyTask() if what == "task" else original(node, what)  # noqa: E731
-    monkeypatch.setattr(pretrain_command, "build", fake_build)
+    monkeypatch.setattr(pipeline, "build", fake_build)
     with pytest.raises(TaskError, match="empty pre-training corpus"):
-        pretrain_command.setup(cfg)
+        pipeline.setup(cfg)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertForMaskedLM
 
-from maskpolicy.meta.inner import ENGINES, InnerBatch, MetaStep, hypergradient, weighted_inner_loss
+from maskpolicy.meta.learning.inner import ENGINES, InnerBatch, MetaStep, hypergradient, weighted_inner_loss
 
 VOCAB, ROWS, LENGTH, FEATURES, MASK_ID = 50, 3, 10, 4, 4
 LR = 0.5

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
+from hydra.errors import MissingConfigException
 from test_cli import TINY, TINY_BERT, run_command  # tests/meta is on sys.path (pytest's prepend mode)
 
-from maskpolicy.meta.mll import MLLError
-from maskpolicy.meta.pretrain import ConfigError, setup
-from maskpolicy.meta.score import run_score
+import maskpolicy.conf
+from maskpolicy.meta.commands.score import run_score
+from maskpolicy.meta.config import ConfigError, build
+from maskpolicy.meta.pipeline import setup
+from maskpolicy.meta.results.schema import ScoreResults, load
+from maskpolicy.meta.scoring.estimators import Estimator, FixedRate, MLLError
 from maskpolicy.tasks.base import TaskError
+
+ESTIMATOR_CONFIGS = sorted(path.stem for path in Path(maskpolicy.conf.__file__).parent.glob("score/estimator/*.yaml"))
+RESULTS_KEYS = {"schema", "task", "seed", "estimator", "estimate", "stderr", "reduction", "nats_per_token",
+                "bits_per_token", "sequences", "tokens", "forward_passes", "forward_passes_per_sequence", "per_rate",
+                "fixed_rates", "exact_lml", "exact_nats_per_token", "relative_error", "checkpoint", "data_file",
+                "wall_seconds", "versions"}
 
 
 def config(*overrides: str):
@@ -34,45 +46,78 @@ def independent_ppca_lml(arrays) -> float:
     return float(np.sum(-0.5 * (len(mean) * math.log(2 * math.pi) + logdet + quadratic)))
 
 
+@pytest.mark.parametrize("name", ESTIMATOR_CONFIGS)
+@pytest.mark.parametrize("command", ["score", "pretrain"])
+def test_every_estimator_config_builds_the_estimator_of_its_name(command, name):
+    with initialize_config_module("maskpolicy.conf", version_base="1.3"):
+        cfg = compose(command, overrides=[f"score/estimator={name}", "score.passes=24", "score.rate=0.4"])
+    estimator = build(cfg.score.estimator, "score estimator")
+    assert isinstance(estimator, Estimator) and estimator.name == name
+    assert getattr(estimator, "passes", 24) == 24 and getattr(estimator, "rate", 0.4) == 0.4
+
+
+def test_the_estimator_configs_are_the_five_estimators():
+    assert ESTIMATOR_CONFIGS == ["exhaustive", "fixed_rate", "pll", "rates", "stratified"]
+    assert config().score.estimator._target_ == "maskpolicy.meta.scoring.estimators.Stratified"
+
+
 @pytest.mark.parametrize("task", ["ppca", "hmm"])
 def test_exhaustive_scoring_of_a_tractable_task_is_exact(tmp_path, task):
-    results = run_score(config(f"task={task}", "score.estimator=exhaustive"), tmp_path, task)
-    assert results["estimate"] == pytest.approx(results["exact_lml"], rel=1e-8)
-    assert results["relative_error"] < 1e-8 and results["stderr"] == 0.0
-    assert results["reduction"] == "sum" and results["estimator"] == "exhaustive"
-    assert results["forward_passes"] == 200 * (2**8 - 1)
-    assert len(results["per_rate"]["S"]) == 8 and results["per_rate"]["m"] == list(range(1, 9))
+    results = run_score(config(f"task={task}", "score/estimator=exhaustive"), tmp_path, task)
+    assert results.estimate == pytest.approx(results.exact_lml, rel=1e-8)
+    assert results.relative_error < 1e-8 and results.stderr == 0.0
+    assert results.reduction == "sum" and results.estimator == "exhaustive"
+    assert results.forward_passes == 200 * (2**8 - 1) and results.forward_passes_per_sequence == 2**8 - 1
+    assert len(results.per_rate.S) == 8 and results.per_rate.m == list(range(1, 9))
+    assert results.task.name == task and results.task.params["n_sequences"] == 200 and results.data_file is None
     assert (tmp_path / "per_rate.png").stat().st_size > 10_000
-    assert json.loads((tmp_path / "results.json").read_text())["exact_lml"] == results["exact_lml"]
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert set(written) == RESULTS_KEYS and written["exact_lml"] == results.exact_lml
+    assert written["schema"] == {"command": "score", "version": 2}
+    assert load(tmp_path, ScoreResults) == dataclasses.replace(results, versions=written["versions"])
 
 
 def test_fixed_rate_points_report_their_bias(tmp_path):
-    results = run_score(config("score.estimator=exhaustive", "score.fixed_rates=[0.15,0.9]"), tmp_path, "ppca")
-    low, high = results["fixed_rates"]
-    assert low["rate_used"] == 0.125 and high["rate_used"] == 0.875
-    assert low["bias_total"] > 0 > high["bias_total"]
-    assert low["estimate"] - results["exact_lml"] == pytest.approx(low["bias_total"])
+    results = run_score(config("score/estimator=exhaustive", "score.fixed_rates=[0.15,0.9]"), tmp_path, "ppca")
+    low, high = results.fixed_rates
+    assert (low.rate, low.rate_used, high.rate, high.rate_used) == (0.15, 0.125, 0.9, 0.875)
+    assert low.bias_total > 0 > high.bias_total
+    assert low.estimate - results.exact_lml == pytest.approx(low.bias_total)
+    assert low.forward_passes == 200 * 8 and low.stderr == 0.0  # all C(8, 1) masks: S_1 exactly
+    assert json.loads((tmp_path / "results.json").read_text())["fixed_rates"][1]["bias_total"] == high.bias_total
+
+
+def test_a_fixed_rate_run_equals_its_comparison_point(tmp_path):
+    results = run_score(config("score/estimator=fixed_rate", "score.rate=0.5", "score.fixed_rates=[0.5]",
+                               "score.plot=false"), tmp_path, "ppca")
+    (point,) = results.fixed_rates
+    assert results.estimator == "fixed_rate" and point.estimate == results.estimate
+    assert results.estimate - results.exact_lml == pytest.approx(point.bias_total)
+    assert not (tmp_path / "per_rate.png").exists()
 
 
 def test_mean_reduction_divides_estimate_and_exact_alike(tmp_path):
-    total = run_score(config("score.estimator=stratified", "score.plot=false"), tmp_path / "a", "ppca")
-    mean = run_score(config("score.estimator=stratified", "score.plot=false", "score.reduction=mean"),
+    total = run_score(config("score.plot=false"), tmp_path / "a", "ppca")
+    mean = run_score(config("score/estimator=stratified", "score.plot=false", "score.reduction=mean"),
                      tmp_path / "b", "ppca")
-    assert mean["estimate"] == pytest.approx(total["estimate"] / 200)
-    assert mean["exact_lml"] == pytest.approx(total["exact_lml"] / 200)
-    assert abs(total["estimate"] - total["exact_lml"]) < 4 * total["stderr"]
+    assert total.estimator == "stratified" and total.forward_passes == 200 * 200
+    assert mean.estimate == pytest.approx(total.estimate / 200)
+    assert mean.exact_lml == pytest.approx(total.exact_lml / 200)
+    assert mean.stderr == pytest.approx(total.stderr / 200)
+    assert abs(total.estimate - total.exact_lml) < 4 * total.stderr
 
 
 @pytest.mark.slow
 def test_the_command_writes_data_anyone_can_rescore(tmp_path):
-    command = [sys.executable, "-m", "maskpolicy.meta.score", "task=ppca", "task.save_data=true",
-               "score.estimator=exhaustive", f"hydra.run.dir={tmp_path}"]
+    command = [sys.executable, "-m", "maskpolicy.meta.commands.score", "task=ppca", "task.save_data=true",
+               "score/estimator=exhaustive", f"hydra.run.dir={tmp_path}"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ})
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
     with np.load(tmp_path / "data.npz", allow_pickle=False) as arrays:
         assert independent_ppca_lml(arrays) == pytest.approx(results["exact_lml"], rel=1e-10)
     assert results["data_file"] == "data.npz" and results["task"]["name"] == "ppca"
+    assert results["estimator"] == "exhaustive" and (tmp_path / "per_rate.png").exists()
 
 
 @pytest.mark.slow
@@ -85,23 +130,39 @@ def test_a_pretrained_checkpoint_is_scored_on_held_out_text(tmp_path):
     cfg = config("task=bioworld", "task.n_people=40", "task.biographies_per_person=2", "score.passes=16",
                  f"score.checkpoint={tmp_path / 'run/pretrained'}", "score.fixed_rates=[0.15]")
     results = run_score(cfg, tmp_path / "score", "bioworld")
-    assert results["sequences"] == 40 and results["per_rate"]["m"] is None
-    assert results["nats_per_token"] == pytest.approx(pretrained["nats_per_token"], abs=0.05)
-    assert "exact_lml" not in results and results["fixed_rates"][0]["rate"] == 0.15
+    assert results.sequences == 40 and results.per_rate.m is None and len(results.per_rate.rate) == 20
+    assert results.nats_per_token == pytest.approx(pretrained["nats_per_token"], abs=0.05)
+    assert results.exact_lml is None and results.checkpoint == str(tmp_path / "run/pretrained")
+    (point,) = results.fixed_rates
+    assert point.rate == point.rate_used == 0.15 and point.bias_total is None and point.forward_passes == 40 * 16
     assert (tmp_path / "score/per_rate.png").exists()
 
 
 def test_bad_input_fails_before_any_work(tmp_path):
-    with pytest.raises(MLLError, match="unknown estimator 'best'"):
-        run_score(config("score.estimator=best"), tmp_path, "ppca")
+    with pytest.raises(MissingConfigException, match="Could not find 'score/estimator/best'"):
+        config("score/estimator=best")
+    with pytest.raises(ConfigError, match="could not build the score estimator"):
+        run_score(config("score.estimator=exhaustive"), tmp_path, "ppca")  # a name where a config group goes
+    with pytest.raises(ConfigError, match="score estimator from its config: score.passes must be ≥ 2"):
+        run_score(config("score.passes=1"), tmp_path, "ppca")
+    with pytest.raises(MLLError, match=r"score.rate \(and each of score.fixed_rates\) must be in \(0, 1\], got 1.5"):
+        run_score(config("score.fixed_rates=[0.15,1.5]"), tmp_path, "ppca")
     with pytest.raises(MLLError, match="at least one pass per rate"):
-        run_score(config("score.estimator=rates", "score.passes=4"), tmp_path, "ppca")
+        run_score(config("score/estimator=rates", "score.passes=4"), tmp_path, "ppca")
+    with pytest.raises(MLLError, match="score.reduction must be 'sum' or 'mean'"):
+        run_score(config("score.reduction=total", "score.passes=2"), tmp_path, "ppca")
     with pytest.raises(ConfigError, match="needs a masked LM: set score.checkpoint"):
         run_score(config("task=bioworld", "task.n_people=20"), tmp_path, "bioworld")
     with pytest.raises(ConfigError, match="could not load a masked LM"):
         run_score(config("task=bioworld", "task.n_people=20", f"score.checkpoint={tmp_path / 'nothing'}"),
                   tmp_path, "bioworld")
-    assert not (tmp_path / "results.json").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_comparison_points_are_fixed_rate_estimators_of_the_configured_budget(tmp_path):
+    results = run_score(config("score.passes=3", "score.fixed_rates=[0.5]", "score.plot=false"), tmp_path, "ppca")
+    (point,) = results.fixed_rates
+    assert point.forward_passes == 200 * 3 and FixedRate(0.5, 3).masked_count(8) / 8 == point.rate_used == 0.5
 
 
 def test_pretraining_refuses_a_tractable_task():

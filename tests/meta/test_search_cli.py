@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from maskpolicy.meta.artifacts import save_policy
+from maskpolicy.meta.learning.artifacts import save_policy
 from maskpolicy.policies import PORTABLE_FEATURES, LearnedPolicy
 
 pytestmark = pytest.mark.slow
@@ -22,13 +22,13 @@ pytestmark = pytest.mark.slow
 TINY = ["task.n_people=40", "task.biographies_per_person=2", "pretrain.steps=6", "pretrain.batch_size=8",
         "pretrain.checkpoint_every=6", "finetune.epochs=2", "finetune.batch_size=8", "score.passes=4",
         "score.max_sequences=20", "trainer.enable_progress_bar=false", "search.n_workers=1",
-        "search.final.seeds=[0]", "search.heartbeat_interval=1", "search.grace_period=3"]
+        "search.final.seeds=[1]", "search.heartbeat_interval=1", "search.grace_period=3"]
 
 
 def command(*overrides: str) -> list[str]:
     flags = [o for o in overrides if o.startswith("--")]  # Hydra's flags go before the overrides
     rest = [o for o in overrides if o not in flags]
-    return [sys.executable, "-m", "maskpolicy.meta.search.cli", *flags, *TINY, *rest]
+    return [sys.executable, "-m", "maskpolicy.meta.commands.search", *flags, *TINY, *rest]
 
 
 def run(*overrides: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -59,6 +59,14 @@ def test_a_search_writes_leaderboard_report_and_best_policy(tmp_path):
     html = (out / "report.html").read_text()
     assert "<script src" not in html and "data:image/png;base64," in html
     assert (out / "best_policy").is_dir() or (out / "best_policy.yaml").is_file()
+    # the search never touched test: neither its trial records nor its trial runs hold a test metric
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert set(trial.user_attrs["metrics"]) == {"dev_em", "dev_f1", "mll_nats_per_token"}
+        downstream = json.loads((out / f"trials/{trial.number:04d}/results.json").read_text())["downstream"]
+        assert downstream["test_em"] is None and downstream["test_f1"] is None and downstream["dev_em"] >= 0
+    finals = sorted(out.glob("final/*/seed-*/results.json"))
+    assert finals and all(json.loads(f.read_text())["downstream"]["test_em"] is not None for f in finals)
+    assert {f.parent.name for f in finals} == {"seed-1"} and summary["final_seeds"] == [1]
 
 
 def test_re_running_resumes_and_tops_up_the_study(tmp_path):
@@ -117,8 +125,9 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_p
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [(["search.sampler=annealing"], "unknown sampler 'annealing'"),
-     (["search.pruner=early"], "unknown pruner 'early'"),
+    [(["search/sampler=annealing"], "Could not find 'search/sampler/annealing'"),
+     (["search/pruner=early"], "Could not find 'search/pruner/early'"),
+     (["search.final.seeds=[0,1]"], "search.final.seeds [0, 1] include the search's seed 0"),
      (["search.space.families=null"], "the search space has no families"),
      (["search.storage=postgresql://nobody@127.0.0.1:1/none"], "postgresql"),
      (["search.objectives=[accuracy]"], "search.objectives must be"),

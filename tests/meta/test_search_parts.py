@@ -4,89 +4,117 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import optuna
 import pytest
+from hydra import compose, initialize_config_module
 from optuna.trial import TrialState
 
-from maskpolicy.meta.search.engines import (
-    PRUNERS,
-    SAMPLERS,
-    SearchConfigError,
-    build_pruner,
-    build_sampler,
-    open_storage,
-)
+from maskpolicy.meta.config import ConfigError
+from maskpolicy.meta.search.engines import SearchConfigError, build_pruner, build_sampler, open_storage
 from maskpolicy.meta.search.space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-SPACE = SearchSpace.from_config({
+CONF = Path(__file__).resolve().parents[2] / "conf" / "search"
+SAMPLERS = sorted(p.stem for p in (CONF / "sampler").glob("*.yaml"))
+PRUNERS = sorted(p.stem for p in (CONF / "pruner").glob("*.yaml"))
+SPACE_CONFIG = {
     "families": {
         "random": {"rate": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}},
         "span": {"rate": {"type": "categorical", "choices": [0.15, 0.3]}, "max_length": {"type": "int", "low": 2,
                                                                                          "high": 4}},
     },
-})
+}
+SPACE = SearchSpace.from_config(SPACE_CONFIG)
+
+
+def search_config(*overrides: str):
+    with initialize_config_module("maskpolicy.conf", version_base="1.3"):
+        cfg = compose("search", overrides=list(overrides))
+    cfg.search.space = SPACE_CONFIG
+    return cfg.search
 
 
 def objective(trial: optuna.Trial) -> float:
-    suggestion = SPACE.suggest(trial)
-    return float(suggestion.policy["rate"])
+    return float(SPACE.suggest(trial).policy["rate"])
+
+
+def test_the_sampler_and_pruner_groups_hold_optunas_engines():
+    assert {"tpe", "random", "grid", "brute_force", "gp", "cmaes", "nsga2"} <= set(SAMPLERS)
+    assert {"none", "median", "percentile", "successive_halving", "hyperband", "threshold", "wilcoxon"} <= set(PRUNERS)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # CMA-ES and GP sample conditional parameters independently
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_every_sampler_builds_and_drives_the_space(name):
-    sampler = build_sampler(name, seed=0, space=SPACE)
-    assert isinstance(sampler, optuna.samplers.BaseSampler)
-    if name == "nsga2":
-        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-        study.optimize(lambda trial: (objective(trial), trial.number), n_trials=4)
-    else:
-        study = optuna.create_study(direction="maximize", sampler=sampler)
-        study.optimize(objective, n_trials=4)
-    assert all(trial.state == TrialState.COMPLETE for trial in study.trials)
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_config_drives_the_space_reproducibly(name):
+    def drawn(seed: int) -> list[dict]:
+        sampler = build_sampler(search_config(f"search/sampler={name}").sampler, seed=seed)
+        if name == "nsga2":
+            study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+            study.optimize(lambda trial: (objective(trial), trial.number), n_trials=4)
+        else:
+            study = optuna.create_study(direction="maximize", sampler=sampler)
+            study.optimize(objective, n_trials=4)
+        assert all(trial.state == TrialState.COMPLETE for trial in study.trials)
+        return [trial.params for trial in study.trials]
+
+    assert drawn(7) == drawn(7)
 
 
-def test_tpe_defaults_to_multivariate_group_sampling_and_takes_options():
-    sampler = build_sampler("tpe", seed=3, n_startup_trials=2)
-    assert sampler._multivariate is True and sampler._group is True and sampler._n_startup_trials == 2
-
-
-def test_unknown_sampler_lists_the_valid_names():
-    with pytest.raises(SearchConfigError, match="unknown sampler 'bayes'; choose one of tpe, random, grid"):
-        build_sampler("bayes")
-
-
-def test_grid_sampler_needs_the_space():
-    with pytest.raises(SearchConfigError, match="needs the search space"):
-        build_sampler("grid", seed=0)
+def test_the_grid_sampler_walks_the_configured_space():
+    sampler = build_sampler(search_config("search/sampler=grid").sampler, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=40)
+    keys = ("family", "random.rate", "span.rate", "span.max_length")
+    seen = {tuple(t.params.get(key) for key in keys) for t in study.trials}
+    assert {(f, r) for f, r, _, _ in seen if f == "random"} == {("random", 0.1), ("random", 0.2), ("random", 0.3)}
+    assert {(s, m) for f, _, s, m in seen if f == "span"} == {(s, m) for s in (0.15, 0.3) for m in (2, 3, 4)}
 
 
 def test_a_bad_sampler_option_is_a_config_error():
-    with pytest.raises(SearchConfigError, match="sampler 'tpe' cannot be built with .*bogus"):
-        build_sampler("tpe", bogus=1)
+    node = search_config("+search.sampler.bogus=1").sampler
+    with pytest.raises(ConfigError, match="could not build the sampler from its config: .*bogus"):
+        build_sampler(node, seed=0)
 
 
-PRUNER_OPTIONS = {"threshold": {"lower": 0.1}}
+PRUNER_OVERRIDES = {"threshold": ["search.pruner.lower=0.5"]}
+STEPS, GOOD = 10, 12
 
 
-@pytest.mark.parametrize("name", sorted(PRUNERS))
-def test_every_pruner_builds(name):
-    pruner = build_pruner(name, **PRUNER_OPTIONS.get(name, {}))
-    assert isinstance(pruner, optuna.pruners.BasePruner)
+def learning_curves(pruner: optuna.pruners.BasePruner, lagging: int = 3) -> optuna.Study:
+    """``GOOD`` trials at 1.0 for ``STEPS`` epochs, then ``lagging`` trials at 0.0; a pruned trial records its epoch."""
+    def curve(trial: optuna.Trial) -> float:
+        value = 1.0 if trial.number < GOOD else 0.0
+        for step in range(STEPS):
+            trial.report(value, step=step)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at", step)
+                raise optuna.TrialPruned()
+        return value
+
     study = optuna.create_study(direction="maximize", pruner=pruner)
-    trial = study.ask()
-    trial.report(0.5, step=0)
-    assert isinstance(trial.should_prune(), bool)
+    study.optimize(curve, n_trials=GOOD + lagging)
+    return study
 
 
-def test_unknown_pruner_and_bad_options_are_config_errors():
-    with pytest.raises(SearchConfigError, match="unknown pruner 'early'; choose one of none, median"):
-        build_pruner("early")
-    with pytest.raises(SearchConfigError, match="Either lower or upper"):
-        build_pruner("threshold")
+@pytest.mark.parametrize("name", PRUNERS)
+def test_every_pruner_stops_the_trials_far_behind_the_others(name):
+    pruner = build_pruner(search_config(f"search/pruner={name}", *PRUNER_OVERRIDES.get(name, [])).pruner)
+    states = [trial.state for trial in learning_curves(pruner).trials]
+    assert states[:GOOD] == [TrialState.COMPLETE] * GOOD
+    assert states[GOOD:] == [TrialState.COMPLETE if name == "none" else TrialState.PRUNED] * 3
+
+
+def test_the_median_pruner_waits_for_its_warm_up_epochs():
+    node = search_config().pruner
+    study = learning_curves(build_pruner(node), lagging=1)
+    assert study.trials[-1].user_attrs["pruned_at"] == node.n_warmup_steps
+
+
+def test_a_threshold_pruner_without_bounds_says_what_is_missing():
+    with pytest.raises(ConfigError, match="Either lower or upper"):
+        build_pruner(search_config("search/pruner=threshold").pruner)
 
 
 def two_studies_share_trials(location) -> None:

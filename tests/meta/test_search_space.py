@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra.utils
 import optuna
 import pytest
@@ -9,6 +11,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
+import maskpolicy.conf
 from maskpolicy.meta.search.space import SearchSpace, SearchSpaceError, grid
 from maskpolicy.policies import (
     EntityPolicy,
@@ -35,14 +38,16 @@ families:
     rate: {type: float, low: 0.05, high: 0.5}
     shortfall: top_up
   mixture:
-    rate: {type: float, low: 0.05, high: 0.5}
+    components.entity._target_: maskpolicy.policies.EntityPolicy
+    components.entity.shortfall: top_up
+    components.random._target_: maskpolicy.policies.RandomPolicy
     weights.entity: {type: float, low: 0.0, high: 1.0}
     weights.random: {type: float, low: 0.0, high: 1.0}
-    components.entity.shortfall: top_up
+    rate: {type: float, low: 0.05, high: 0.5, to: [components.entity.rate, components.random.rate]}
   learned:
     rate: {type: float, low: 0.1, high: 0.4}
     hidden_size: {type: int, low: 8, high: 32, step: 8}
-    meta.method: {type: categorical, choices: [supervised, meta]}
+    learning.method: {type: categorical, choices: [supervised, meta_learning]}
   span_words:
     _target_: maskpolicy.policies.SpanPolicy
     unit: word
@@ -55,9 +60,10 @@ SEARCHED = {
     "whole_word": {"whole_word.rate"},
     "entity": {"entity.rate"},
     "mixture": {"mixture.rate", "mixture.weights.entity", "mixture.weights.random"},
-    "learned": {"learned.rate", "learned.hidden_size", "learned.meta.method"},
+    "learned": {"learned.rate", "learned.hidden_size", "learned.learning.method"},
     "span_words": set(),
 }
+MIXTURE = SPACE["families"]["mixture"]
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +130,8 @@ def test_mixture_suggestion_is_a_mixture_policy_config(space):
     assert suggestion.policy == {
         "_target_": "maskpolicy.policies.mixture.MixturePolicy",
         "components": {
-            "entity": {"_target_": "maskpolicy.policies.entity.EntityPolicy", "rate": 0.25, "shortfall": "top_up"},
-            "random": {"_target_": "maskpolicy.policies.token.RandomPolicy", "rate": 0.25},
+            "entity": {"_target_": "maskpolicy.policies.EntityPolicy", "rate": 0.25, "shortfall": "top_up"},
+            "random": {"_target_": "maskpolicy.policies.RandomPolicy", "rate": 0.25},
         },
         "weights": {"entity": 0.3, "random": 0.9},
     }
@@ -137,14 +143,80 @@ def test_mixture_suggestion_is_a_mixture_policy_config(space):
     assert torch.allclose(policy.weights, torch.tensor([0.25, 0.75]))
 
 
-def test_run_config_keys_of_a_family_become_overrides(space):
-    params = {"family": "learned", "learned.rate": 0.2, "learned.hidden_size": 16, "learned.meta.method": "meta",
-              "pretrain.steps": 1500}
+def test_to_writes_one_optuna_parameter_to_every_listed_path(space):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(5):
+        study.enqueue_trial({"family": "mixture"})
+        trial = study.ask()
+        suggestion = space.suggest(trial)
+        assert set(trial.params) == {"family", "mixture.rate", "mixture.weights.entity", "mixture.weights.random",
+                                     "pretrain.steps"}
+        rate = trial.params["mixture.rate"]
+        assert 0.05 <= rate <= 0.5
+        entity, random = hydra.utils.instantiate(suggestion.policy).components
+        assert entity.rate == random.rate == rate
+        assert "rate" not in suggestion.policy  # only the listed paths get it, not the key itself
+        study.tell(trial, 0.0)
+    assert len({t.params["mixture.rate"] for t in study.trials}) == 5
+
+
+def test_nested_targets_are_checked_against_their_own_constructor_at_any_depth():
+    nested = {
+        "components.inner._target_": "maskpolicy.policies.MixturePolicy",
+        "components.inner.components.span._target_": "maskpolicy.policies.SpanPolicy",
+        "components.inner.components.span.p": {"type": "float", "low": 0.1, "high": 0.5},
+        "components.random._target_": "maskpolicy.policies.RandomPolicy",
+    }
+    space = SearchSpace.from_config(with_family("mixture", **nested))
+    params = {"family": "mixture", "mixture.components.inner.components.span.p": 0.4}
     suggestion = space.suggest(optuna.trial.FixedTrial(params))
-    assert suggestion.overrides == {"meta.method": "meta", "pretrain.steps": 1500}
-    assert "meta" not in suggestion.policy
+    inner, _ = hydra.utils.instantiate(suggestion.policy).components
+    assert isinstance(inner, MixturePolicy) and isinstance(inner.components[0], SpanPolicy)
+    assert inner.components[0].p == 0.4
+    with pytest.raises(SearchSpaceError, match=r"families.mixture.components.inner.components.span.q: "
+                                                r"SpanPolicy has no parameter 'q'"):
+        SearchSpace.from_config(with_family("mixture", **nested, **{"components.inner.components.span.q": 0.3}))
+
+
+def test_run_config_keys_of_a_family_become_overrides(space):
+    params = {"family": "learned", "learned.rate": 0.2, "learned.hidden_size": 16,
+              "learned.learning.method": "meta_learning", "pretrain.steps": 1500}
+    suggestion = space.suggest(optuna.trial.FixedTrial(params))
+    assert suggestion.overrides == {"learning.method": "meta_learning", "pretrain.steps": 1500}
+    assert "learning" not in suggestion.policy
     policy = hydra.utils.instantiate(suggestion.policy)
     assert isinstance(policy, LearnedPolicy) and policy.rate == 0.2
+
+
+def test_earlier_key_spellings_are_accepted_with_a_warning(caplog):
+    config = {"families": {"learned": {"meta.method": {"type": "categorical", "choices": ["supervised"]},
+                                       "meta.meta.steps": 3}},
+              "budget": {"meta.supervised.epochs": 7}}
+    with caplog.at_level("WARNING", logger="maskpolicy.meta.search.space"):
+        space = SearchSpace.from_config(config)
+    assert "meta.method is now spelt learning.method" in caplog.text
+    assert set(space.families["learned"].run_params) == {"learning.method", "learning.meta_learning.steps"}
+    suggestion = space.suggest(optuna.trial.FixedTrial({"family": "learned", "learned.learning.method": "supervised"}))
+    assert suggestion.overrides == {"learning.method": "supervised", "learning.meta_learning.steps": 3,
+                                    "learning.supervised.epochs": 7}
+    assert grid(space) == {"family": ["learned"], "learned.learning.method": ["supervised"]}
+
+
+@pytest.mark.parametrize("name", ["default", "quick", "grid"])
+def test_the_shipped_spaces_parse_and_build(name):
+    config = yaml.safe_load((Path(maskpolicy.conf.__file__).parent / "search" / "space" / f"{name}.yaml").read_text())
+    space = SearchSpace.from_config(config)
+    assert space.families["learned"].run_params["learning.method"].probes()[0] == "supervised"
+    if name == "grid":
+        assert len(grid(space)["family"]) == 4
+    if name == "default":
+        assert space.families["learned"].searched()["learned.learning.method"].distribution.choices == (
+            "supervised", "meta_learning")
+        params = {"family": "mixture", "mixture.rate": 0.3, "mixture.weights.entity": 1.0, "mixture.weights.random": 0}
+        mixture = hydra.utils.instantiate(space.suggest(optuna.trial.FixedTrial(params)).policy)
+        entity, random = mixture.components
+        assert (entity.rate, entity.shortfall, random.rate) == (0.3, "top_up", 0.3)
+        assert mixture.weights.tolist() == [1.0, 0.0]
 
 
 def test_a_hydra_node_is_accepted():
@@ -199,47 +271,70 @@ def test_grid_sampler_visits_every_configuration_repeating_other_families_values
 
 def test_grid_refuses_a_float_range_without_listed_values():
     space = SearchSpace.from_config(with_family("random", rate={"type": "float", "low": 0.1, "high": 0.3}))
-    with pytest.raises(SearchSpaceError, match=r"random.rate: a float range cannot be enumerated.*grid: \["):
+    with pytest.raises(SearchSpaceError, match=r"random.rate: a grid search needs .*grid: \["):
         grid(space)
 
 
+FLOAT = {"type": "float", "low": 0.1, "high": 0.5}
 BAD_SPACES = [
     ({}, "no families"),
     ({"families": {}}, "no families"),
     ({"families": {"random": {}}, "budgets": {}}, r"unknown search-space section\(s\) \['budgets'\]"),
-    ({"families": {"no_such_policy": {}}}, r"unknown policy 'no_such_policy'; available: .*random.*_target_"),
-    (with_family("random", rate={"type": "float", "low": 0.5, "high": 0.1}), r"low \(0.5\) is greater than high"),
-    (with_family("span", p={"type": "float", "low": 0.0, "high": 0.5, "log": True}), "log-scale range needs low > 0"),
-    (with_family("span", max_length={"type": "int", "low": 0, "high": 8, "log": True}), "needs low ≥ 1"),
-    (with_family("entity", shortfall={"type": "categorical", "choices": []}), "non-empty list of choices"),
+    ({"families": {"no_such_policy": {}}}, r"families.no_such_policy: unknown policy 'no_such_policy'.*_target_"),
+    # Optuna's own argument checks, reported with the parameter's path
+    (with_family("random", rate={"type": "float", "low": 0.5, "high": 0.1}), r"families.random.rate: `low <= high`"),
+    (with_family("span", p={**FLOAT, "low": 0.0, "log": True}), r"families.span.p: `low > 0` must hold for `log=True`"),
+    (with_family("span", max_length={"type": "int", "low": 0, "high": 8, "log": True}), r"max_length: `low >= 1`"),
+    (with_family("span", p={**FLOAT, "step": 0.15}), r"families.span.p: .*not divisible by `step`"),
+    (with_family("span", p={**FLOAT, "step": 0.1, "log": True}), r"families.span.p: .*`step` is not supported"),
+    (with_family("span", max_length={"type": "int", "low": 2, "high": 8, "step": 0}), r"`step > 0` must hold"),
+    (with_family("entity", shortfall={"type": "categorical", "choices": []}), "shortfall: The `choices` must contain"),
+    (with_family("entity", shortfall={"type": "categorical", "choices": [{"a": 1}]}), "tuple of None, bool, int"),
+    (with_family("random", rate={"type": "float", "low": 0.1, "hihg": 0.2}), "unexpected keyword argument 'hihg'"),
+    (with_family("random", rate={"type": "float", "high": 0.2}), "missing 1 required positional argument: 'low'"),
+    (with_family("entity", shortfall={"type": "categorical", "choices": ["a"], "grid": ["a"]}), "argument 'grid'"),
+    # the project's own checks, where Optuna has none
     (with_family("random", rate={"type": "normal", "low": 0.1, "high": 0.2}), "unknown type 'normal'"),
     (with_family("random", rate={"low": 0.1, "high": 0.2}), "has no type"),
-    (with_family("random", rate={"type": "float", "low": 0.1, "hihg": 0.2}), r"unknown key\(s\) \['hihg'\]"),
     (with_family("random", rate={"type": "float", "low": "1e-3", "high": 0.2}), "write 1.0e-3"),
-    (with_family("random", rate="high"), r"rate takes a number \(its default is 0.15\), got \['high'\]"),
-    (with_family("span", max_length={"type": "float", "low": 2, "high": 8}), "max_length takes an integer"),
-    (with_family("entity", shortfall={"type": "categorical", "choices": [1, 2]}), "shortfall takes a string"),
+    (with_family("span", max_length={"type": "int", "low": 2.5, "high": 8}), "low must be an integer, got 2.5"),
+    (with_family("random", rate={"type": "float", "low": 0.1, "high": 0.2, "grid": 0.1}), "grid must be a non-empty"),
+    (with_family("random", rate={"type": "float", "grid": []}), "grid must be a non-empty list"),
+    (with_family("random", rate={"type": "float", "low": 0.1, "high": 0.3, "grid": [0.1, 0.4]}),
+     r"grid values \[0.1, 0.4\] must lie within"),
     (with_family("random", rate={"nested": {"deep": 1}}), "has no type"),
     (with_family("random", rate=[{"a": 1}]), "a fixed value must be"),
+    # the constructor is the schema
+    (with_family("random", rate="high"), r"rate takes a number \(default 0.15\), got \['high'\]"),
+    (with_family("span", max_length={"type": "float", "low": 2, "high": 8}), "max_length takes an integer"),
+    (with_family("entity", shortfall={"type": "categorical", "choices": [1, 2]}), "shortfall takes a string"),
     (with_family("span", q=0.3), r"SpanPolicy has no parameter 'q'; its parameters: rate, p, max_length, unit"),
-    (with_family("span", p={"type": "float", "low": 0.1, "high": 0.5, "step": 0.15}), "whole number of steps"),
-    (with_family("span", p={"type": "float", "low": 0.1, "high": 0.5, "step": 0.1, "log": True}),
-     "log: true with a step"),
-    (with_family("span", p={"type": "float", "low": 0.0, "high": 0.5}), r"cannot be built with .*p=0.0.*\(0, 1\]"),
+    (with_family("span", p={**FLOAT, "low": 0.0}), r"cannot build the policy with .*p=0.0.*\(0, 1\]"),
     (with_family("custom", _target_="no.such.module.Policy"), "cannot import _target_ 'no.such.module.Policy'"),
-    (with_family("custom", _target_="maskpolicy.policies.available"), "not a masking policy"),
-    (with_family("mixture", rate=0.2), "a mixture needs components: give weights.<policy>"),
-    (with_family("mixture", **{"weights.entity": -1.0, "weights.random": 1.0}), "non-negative"),
-    (with_family("mixture", **{"weights.entity": 0.0, "weights.random": 0.0}), "can only be zero"),
-    (with_family("mixture", **{"weights.entity": 1.0, "weights.bogus": 1.0}), r"unknown policy 'bogus'"),
-    (with_family("mixture", **{"weights.entity": 1.0, "components.random.rate": 0.2}), "missing weights.random"),
-    (with_family("mixture", **{"weights.entity": 1, "weights.random": 1, "components.random.shortfall": "allow"}),
-     "RandomPolicy has no parameter 'shortfall'"),
-    (with_family("mixture", **{"weights.span": 1, "weights.random": 1, "p": 0.3}),
-     r"shared with component 'random'.*RandomPolicy has no parameter 'p'"),
+    (with_family("custom", _target_="maskpolicy.policies.available"), "not a policy"),
+    # nested policies: each node with a _target_ is checked against its own constructor
+    (with_family("mixture", rate=0.2), "MixturePolicy has no parameter 'rate'"),
+    (with_family("mixture", **{**MIXTURE, "components.random.shortfall": "allow"}),
+     r"families.mixture.components.random.shortfall: RandomPolicy has no parameter 'shortfall'"),
+    (with_family("mixture", **{**MIXTURE, "p": {**FLOAT, "to": ["components.entity.p"]}}),
+     r"families.mixture.p \(to components.entity.p\): EntityPolicy has no parameter 'p'"),
+    (with_family("mixture", **{**MIXTURE, "components.bogus._target_": "no.such.Policy"}), "cannot import _target_"),
+    (with_family("mixture", **{**MIXTURE, "components.random._target_": {"type": "categorical", "choices": ["a"]}}),
+     "a nested _target_ is a fixed import path"),
+    (with_family("mixture", **{**MIXTURE, "rate": {**FLOAT, "to": "components.random.rate"}}), "to is a non-empty"),
+    (with_family("mixture", **{**MIXTURE, "components.random.rate": 0.2}), "components.random.rate is written twice"),
+    (with_family("mixture", **{**MIXTURE, "weights": 1.0}), r"weights is written twice \(also by weights.entity\)"),
+    (with_family("mixture", **{**MIXTURE, "weights.entity": -1.0}), r"cannot build .*non-negative weight"),
+    (with_family("mixture", **{**MIXTURE, "weights.entity": 0.0, "weights.random": 0.0}), "not all zero"),
+    (with_family("mixture", **{**MIXTURE, "components.span._target_": "maskpolicy.policies.SpanPolicy"}),
+     r"cannot build .*weights \['entity', 'random'\] must name the components"),
+    # run-config keys
     ({"families": {"random": {}}, "budget": {"steps": 100}}, "budget keys are run-config paths"),
-    ({"families": {"learned": {"meta.method": "meta"}}, "budget": {"meta.method": "supervised"}},
-     "families.learned.meta.method is also in budget"),
+    ({"families": {"random": {}}, "budget": {"meta": 100}}, "budget keys are run-config paths"),
+    ({"families": {"learned": {"learning.method": "supervised"}}, "budget": {"learning.method": "supervised"}},
+     "families.learned.learning.method is also in budget"),
+    ({"families": {"learned": {"learning.method": "supervised", "meta.method": "supervised"}}},
+     "meta.method: learning.method is written twice"),
 ]
 
 

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from hydra import compose, initialize_config_module
 
-from maskpolicy.meta.artifacts import load_policy
-from maskpolicy.meta.learn import run_meta
-from maskpolicy.meta.pretrain import ConfigError
-from maskpolicy.meta.supervised import (
-    answer_spans,
-    compare_with_heuristics,
-    encode_answers,
-    feature_spec,
-    train_supervised,
-)
+from maskpolicy.meta.config import ConfigError
+from maskpolicy.meta.learning.artifacts import load_policy
+from maskpolicy.meta.learning.evaluation import compare_with_heuristics
+from maskpolicy.meta.learning.supervised import answer_spans, encode_answers, feature_spec, train_supervised
+from maskpolicy.meta.learning.train import learn_policy
+from maskpolicy.meta.results.schema import LearnResults, load, save
 from maskpolicy.policies import PORTABLE_FEATURES, LearnedPolicy, PolicyError
 from maskpolicy.tasks.base import TaskError
-from maskpolicy.tasks.bioworld import BioWorld
-from maskpolicy.tasks.models import ModelSpec
+from maskpolicy.tasks.data.bioworld import BioWorld
+from maskpolicy.tasks.training.models import ModelSpec
 
-SMALL = ["task.n_people=40", "task.biographies_per_person=2", "meta.supervised.epochs=3"]
+SMALL = ["task.n_people=40", "task.biographies_per_person=2", "learning.supervised.epochs=3"]
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +55,10 @@ def test_supervision_beats_entity_and_random_masking_on_held_out_answers(world, 
     losses = train_supervised(policy, train, tokenizer.pad_token_id, epochs=30, seed=0)
     assert losses[-1] < 0.25 * losses[0]
     scores = compare_with_heuristics(policy, dev, tokenizer.pad_token_id)
-    assert scores["learned_topk"]["recall"] > 0.9 and scores["learned_topk"]["precision"] > 0.8
-    assert scores["learned"]["recall"] > scores["entity"]["recall"] > scores["random"]["recall"]
-    assert scores["learned"]["masked_tokens"] == scores["random"]["masked_tokens"]  # the same budget
+    assert scores.split == "dev"
+    assert scores.learned_topk.recall > 0.9 and scores.learned_topk.precision > 0.8
+    assert scores.learned.recall > scores.entity.recall > scores.random.recall
+    assert scores.learned.masked_tokens == scores.random.masked_tokens  # the same budget
 
 
 def test_a_task_without_answer_offsets_cannot_supervise(tiny_task):
@@ -73,25 +68,27 @@ def test_a_task_without_answer_offsets_cannot_supervise(tiny_task):
 
 def config(*overrides: str):
     with initialize_config_module("maskpolicy.conf", version_base="1.3"):
-        return compose("meta", overrides=list(overrides))
+        return compose("learn", overrides=list(overrides))
 
 
-def test_the_command_writes_results_and_a_loadable_policy(tmp_path):
-    results = run_meta(config(*SMALL), tmp_path, "bioworld")
-    assert results["method"] == "supervised" and results["evaluation"]["split"] == "dev"
-    assert set(results["evaluation"]) >= {"learned", "learned_topk", "entity", "random"}
-    assert len(results["history"]["loss"]) == 3
+def test_the_job_returns_results_and_saves_a_loadable_policy(tmp_path):
+    results = learn_policy(config(*SMALL), tmp_path, "bioworld")
+    assert results.method == "supervised" and results.evaluation.split == "dev"
+    assert results.evaluation.learned.answer_tokens == results.evaluation.random.answer_tokens > 0
+    assert len(results.history["loss"]) == 3
     policy = load_policy(tmp_path / "policy")
     assert policy.source["training"]["method"] == "supervised"
     assert policy.source["training"]["task"]["params"]["n_people"] == 40
-    assert json.loads((tmp_path / "results.json").read_text())["policy"]["artifact"] == "policy"
+    assert results.policy.artifact == "policy" and not (tmp_path / "results.json").exists()  # the caller writes it
+    save(tmp_path, results)
+    assert load(tmp_path, LearnResults) == results
 
 
 def test_bad_method_or_policy_is_refused_before_training(tmp_path):
-    with pytest.raises(ConfigError, match="meta.method must be one of supervised, meta"):
-        run_meta(config(*SMALL, "meta.method=reinforce"), tmp_path, "bioworld")
+    with pytest.raises(ConfigError, match="learning.method must be one of supervised, meta_learning"):
+        learn_policy(config(*SMALL, "learning.method=reinforce"), tmp_path, "bioworld")
     with pytest.raises(PolicyError, match="trains a LearnedPolicy"):
-        run_meta(config(*SMALL, "policy._target_=maskpolicy.policies.RandomPolicy", "~policy.features",
+        learn_policy(config(*SMALL, "policy._target_=maskpolicy.policies.RandomPolicy", "~policy.features",
                         "~policy.embedding_dim", "~policy.hidden_size", "~policy.sampling", "~policy.temperature",
                         "~policy.seed"), tmp_path, "bioworld")
-    assert not (tmp_path / "results.json").exists()
+    assert not (tmp_path / "policy").exists()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from maskpolicy.meta.tractable import fit_ppca, fixed_rate_bias
-from maskpolicy.tasks.ppca import PPCATask
+from maskpolicy.meta.scoring.tractable import fit_ppca, fixed_rate_bias
+from maskpolicy.tasks.tractable.ppca import PPCATask
 
 pytestmark = pytest.mark.slow
 

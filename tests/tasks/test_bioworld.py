@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from maskpolicy.tasks.base import SPLITS, Task, TaskError
-from maskpolicy.tasks.bioworld import ATTRIBUTES, QUESTIONS, TEMPLATES, BioWorld, split_subjects
+from maskpolicy.tasks.data.bioworld import ATTRIBUTES, QUESTIONS, TEMPLATES, BioWorld
+from maskpolicy.tasks.data.splits import split_subjects
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +210,7 @@ def test_unknown_split(small: BioWorld) -> None:
 def test_builds_from_a_hydra_config_with_list_knobs() -> None:
     config = OmegaConf.create(
         {
-            "_target_": "maskpolicy.tasks.bioworld.BioWorld",
+            "_target_": "maskpolicy.tasks.data.bioworld.BioWorld",
             "n_people": 30,
             "attributes": ["major", "birth_city"],
             "split_fractions": [0.6, 0.2, 0.2],

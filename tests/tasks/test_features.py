@@ -8,9 +8,9 @@ import torch
 from maskpolicy.policies import PolicyError
 from maskpolicy.policies.features import FEATURES, PORTABLE_FEATURES
 from maskpolicy.tasks.base import TaskError
-from maskpolicy.tasks.features import FeatureSpec, frequency_bucket, word_counts, word_hash, word_shape
-from maskpolicy.tasks.text import encode_documents, pad_rows, token_batch
-from maskpolicy.tasks.tokenization import train_wordpiece
+from maskpolicy.tasks.text.encoding import encode_documents, pad_rows, token_batch
+from maskpolicy.tasks.text.features import FeatureSpec, frequency_bucket, word_counts, word_hash, word_shape
+from maskpolicy.tasks.text.tokenization import train_wordpiece
 
 DOCUMENT = "Ada Quill was born in Paris in 1987, near B2. PARIS and paris were quiet."
 SPANS = ((0, 9), (22, 27))  # "Ada Quill", "Paris"

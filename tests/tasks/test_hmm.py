@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from maskpolicy.meta.mll import all_masks, estimate_mll
+from maskpolicy.meta.scoring.estimate import estimate_mll
+from maskpolicy.meta.scoring.estimators import Exhaustive, FixedRate, Rates, Stratified, all_masks
+from maskpolicy.meta.scoring.predictors import MaskedLMPredictor
 from maskpolicy.tasks.base import TaskError, TractableTask
-from maskpolicy.tasks.hmm import HMMTask, cumulative_masks, tiny_masked_lm, train_masked_lm
-from maskpolicy.tasks.scoring import MaskedLMPredictor
+from maskpolicy.tasks.tractable.hmm import HMMTask, cumulative_masks, tiny_masked_lm, train_masked_lm
 
 
 def brute_log_joint(task: HMMTask, sequences: torch.Tensor) -> torch.Tensor:
@@ -85,16 +86,16 @@ def test_masked_conditionals_are_distributions_over_the_symbols(task):
 def test_exhaustive_cumulative_sum_is_the_log_likelihood(length, n_sequences):
     hmm = HMMTask(length=length, n_sequences=n_sequences, seed=1)
     data = hmm.data()
-    estimate = estimate_mll(hmm.masked_log_probs, data, estimator="exhaustive")
+    estimate = estimate_mll(hmm.masked_log_probs, data, estimator=Exhaustive())
     torch.testing.assert_close(estimate.per_sequence, hmm.log_likelihood(data), rtol=1e-8, atol=0)
     assert estimate.total_stderr == 0.0
 
 
-@pytest.mark.parametrize("estimator", ["rates", "stratified"])
+@pytest.mark.parametrize("estimator", [Rates(passes=80), Stratified(passes=80)])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sampled_estimators_land_within_four_standard_errors(task, estimator, seed):
     data = task.data()
-    estimate = estimate_mll(task.masked_log_probs, data, estimator=estimator, passes=80,
+    estimate = estimate_mll(task.masked_log_probs, data, estimator=estimator,
                             generator=torch.Generator().manual_seed(seed))
     exact = float(task.log_likelihood(data).sum())
     assert 0 < estimate.total_stderr < 10
@@ -117,7 +118,7 @@ def test_fixed_rate_bias_is_the_sum_of_rate_differences(task, rate):
     data = task.data()
     values, exact = per_rate_values(task, data), task.log_likelihood(data)
     torch.testing.assert_close(values.sum(1), exact, rtol=1e-10, atol=0)
-    fixed = estimate_mll(task.masked_log_probs, data, estimator="fixed_rate", rate=rate, passes=256)
+    fixed = estimate_mll(task.masked_log_probs, data, estimator=FixedRate(rate, passes=256))
     m = round(rate * task.length)
     bias = (values[:, m - 1 : m] - values).sum(1)
     torch.testing.assert_close(fixed.per_sequence - exact, bias, rtol=0, atol=1e-10)
@@ -129,8 +130,8 @@ def test_fixed_rate_bias_direction_on_data_from_the_chain(task):
     # not per sequence: at m = 7 of 8, about a fifth of the sequences of this HMM are over-estimated.
     data = task.data()
     exact = float(task.log_likelihood(data).sum())
-    low = estimate_mll(task.masked_log_probs, data, estimator="fixed_rate", rate=0.15)
-    high = estimate_mll(task.masked_log_probs, data, estimator="fixed_rate", rate=0.85)
+    low = estimate_mll(task.masked_log_probs, data, estimator=FixedRate(rate=0.15))
+    high = estimate_mll(task.masked_log_probs, data, estimator=FixedRate(rate=0.85))
     assert low.total > exact > high.total
     assert (per_rate_values(task, data).mean(0).diff() < 0).all()
 
@@ -240,7 +241,7 @@ def test_train_masked_lm_refuses_float_sequences():
 
 
 def gap_in_nats_per_token(model, hmm: HMMTask, data: torch.Tensor) -> float:
-    estimate = estimate_mll(MaskedLMPredictor(model, mask_token_id=hmm.n_symbols), data, estimator="exhaustive")
+    estimate = estimate_mll(MaskedLMPredictor(model, mask_token_id=hmm.n_symbols), data, estimator=Exhaustive())
     return estimate.nats_per_token - float(hmm.log_likelihood(data).sum()) / data.numel()
 
 

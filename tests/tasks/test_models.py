@@ -4,8 +4,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from maskpolicy.tasks.base import TaskError
-from maskpolicy.tasks.models import ModelSpec
-from maskpolicy.tasks.tokenization import check_tokenizer
+from maskpolicy.tasks.text.tokenization import check_tokenizer
+from maskpolicy.tasks.training.models import ModelSpec
 
 
 def test_tiny_bert_matches_its_tokenizer(tiny_tokenizer, tiny_bert_spec):
@@ -49,7 +49,7 @@ def test_a_missing_pretrained_model_names_the_problem(tiny_tokenizer, tmp_path):
 
 
 def test_tokenizer_training_is_reproducible(tiny_task):
-    from maskpolicy.tasks.tokenization import train_wordpiece
+    from maskpolicy.tasks.text.tokenization import train_wordpiece
 
     texts = [d.text for d in tiny_task.corpus()]
     first, second = train_wordpiece(texts, 60), train_wordpiece(texts, 60)
@@ -58,7 +58,7 @@ def test_tokenizer_training_is_reproducible(tiny_task):
 
 
 def test_trained_tokenizer_keeps_frequent_words_whole_and_spells_the_rest(tiny_task):
-    from maskpolicy.tasks.tokenization import train_wordpiece
+    from maskpolicy.tasks.text.tokenization import train_wordpiece
 
     texts = [d.text for d in tiny_task.corpus()]
     tokenizer = train_wordpiece(texts, vocab_size=1000)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from maskpolicy.tasks.base import TaskError, TractableTask
-from maskpolicy.tasks.ppca import PPCA, PPCATask, maximum_likelihood
+from maskpolicy.tasks.tractable.ppca import PPCA, PPCATask, maximum_likelihood
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from maskpolicy.policies import EntityPolicy, RandomPolicy
-from maskpolicy.tasks.pretraining import EncoderCorruption, MaskedPretraining, Seq2SeqCorruption
-from maskpolicy.tasks.text import encode_documents, pad_rows, token_batch
+from maskpolicy.tasks.text.encoding import encode_documents, pad_rows, token_batch
+from maskpolicy.tasks.training.pretraining import EncoderCorruption, MaskedPretraining, Seq2SeqCorruption
 
 
 @pytest.fixture

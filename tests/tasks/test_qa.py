@@ -2,8 +2,8 @@ import pytest
 
 from maskpolicy.policies import IGNORE_INDEX
 from maskpolicy.tasks.base import QAExample
-from maskpolicy.tasks.metrics import exact_match, normalize_answer, qa_scores, token_f1
-from maskpolicy.tasks.qa import encode_qa
+from maskpolicy.tasks.training.metrics import exact_match, normalize_answer, qa_scores, token_f1
+from maskpolicy.tasks.training.qa import encode_qa
 
 
 def test_normalisation_and_metrics():

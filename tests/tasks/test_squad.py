@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from maskpolicy.tasks.base import SPLITS, Task, TaskError
-from maskpolicy.tasks.squad import SquadTask, squad_layout
+from maskpolicy.tasks.data.squad import SquadTask, squad_layout
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/squad-sample/dev-sample.json"
 

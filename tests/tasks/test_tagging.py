@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from maskpolicy.tasks.base import Document, TaskError
-from maskpolicy.tasks.tagging import RuleTagger, SpacyTagger, Tagger, entity_spans, merge_spans, tag_corpus
+from maskpolicy.tasks.data.tagging import RuleTagger, SpacyTagger, Tagger, entity_spans, merge_spans, tag_corpus
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/squad-sample/dev-sample.json"
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from maskpolicy.tasks.base import TaskError
-from maskpolicy.tasks.text import encode_documents, pad_rows, token_batch, token_entity_ids
+from maskpolicy.tasks.text.encoding import encode_documents, pad_rows, token_batch, token_entity_ids
 
 
 def test_token_entity_ids_marks_overlapping_tokens_and_skips_specials():

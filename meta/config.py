@@ -1,0 +1,106 @@
+"""From Hydra configs to objects: building nodes with clear errors, plugin policies, old spellings.
+
+Every command builds what its config names with :func:`build`; installed plugin policies
+become ``policy=<name>`` choices through :func:`register_plugin_policies`; and
+:func:`modern_overrides` keeps the command lines of earlier releases working.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.errors import InstantiationException
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from maskpolicy.meta.scoring.estimators import MLLError
+from maskpolicy.policies import PolicyError
+from maskpolicy.policies.registry import plugin_entry_points
+from maskpolicy.tasks.base import TaskError
+
+log = logging.getLogger(__name__)
+_PLAIN = (bool, int, float, str, type(None), list, tuple, dict)
+# Earlier releases called the learning options ``meta`` (meta-learning's own ``meta.meta``) and chose the
+# estimator, sampler and pruner by a name key where today a config group does.
+_RENAMED_KEYS = ((re.compile(r"^([+~]{0,2})meta\.meta\."), r"\1learning.meta_learning."),
+                 (re.compile(r"^([+~]{0,2})meta\."), r"\1learning."),
+                 (re.compile(r"^(score|search)\.(estimator|sampler|pruner)$"), r"\1/\2"),
+                 (re.compile(r"^([+~]{0,2})search\.(sampler|pruner)_options\."), r"\1search.\2."))
+
+
+class ConfigError(ValueError):
+    """The composed configuration cannot be built into a run."""
+
+
+def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """Instantiates a config node, turning Hydra's deep tracebacks into one clear message."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        if isinstance(cause, PolicyError | TaskError | ConfigError | MLLError):
+            raise type(cause)(f"{what}: {cause}") from error
+        raise ConfigError(f"could not build the {what} from its config: {cause}") from error
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain, JSON-ready Python containers (interpolations resolved)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def modern_key(key: str) -> str:
+    """A config path in today's spelling: ``meta.*`` → ``learning.*``, ``meta.meta.*`` →
+    ``learning.meta_learning.*``, ``score.estimator`` → ``score/estimator`` (a group choice), and so on."""
+    for pattern, replacement in _RENAMED_KEYS:
+        renamed = pattern.sub(replacement, key, count=1)
+        if renamed != key:
+            return renamed
+    return key
+
+
+def modern_overrides(arguments: Sequence[str]) -> list[str]:
+    """Command-line overrides with old key spellings renamed (logged once each); other arguments unchanged."""
+    renamed = []
+    for argument in arguments:
+        key, equals, value = argument.partition("=")
+        new_key = modern_key(key) if equals and not argument.startswith("-") else key
+        if new_key != key:
+            log.warning("%s is now spelt %s", key, new_key)
+        renamed.append(f"{new_key}{equals}{value}")
+    return renamed
+
+
+def plugin_policy_node(target: str, factory: Any) -> dict[str, Any]:
+    """A Hydra node for ``factory``: ``_target_`` plus each plain parameter's default (the signature is the schema)."""
+    node: dict[str, Any] = {"_target_": target}
+    for name, parameter in inspect.signature(factory).parameters.items():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = parameter.default
+        if default is parameter.empty:
+            node[name] = MISSING
+        elif isinstance(default, _PLAIN):
+            node[name] = list(default) if isinstance(default, tuple) else default
+    return node
+
+
+def register_plugin_policies(config_store: ConfigStore | None = None) -> list[str]:
+    """Stores a ``policy/<name>`` config for every installed plugin policy; returns the names.
+
+    Hydra only offers the options of a group it can find, so each policy a third-party
+    package registers under the ``maskpolicy.policies`` entry-point group (and that
+    ``conf/policy/`` has no YAML for) gets a node in Hydra's ConfigStore.
+    """
+    config_store = config_store or ConfigStore.instance()
+    registered = []
+    for name, entry_point in sorted(plugin_entry_points().items()):
+        factory = entry_point.load()
+        target = entry_point.value.replace(":", ".")
+        config_store.store(group="policy", name=name, node=plugin_policy_node(target, factory))
+        registered.append(name)
+    return registered

@@ -1,0 +1,91 @@
+"""One learned-policy job, shared by ``maskpolicy-learn`` and the search's ``learned`` trials.
+
+Build the task, model spec and policy → train the policy by ``learning.method`` →
+judge its masks against held-out answer spans next to ``entity`` and ``random`` →
+save the artifact (``<output_dir>/policy``) → return the typed record. Writing
+``results.json`` is the caller's (``results.schema.save``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+from transformers import PreTrainedTokenizerBase
+
+from maskpolicy.meta.config import ConfigError, build, plain
+from maskpolicy.meta.learning.artifacts import save_policy
+from maskpolicy.meta.learning.evaluation import compare_with_heuristics
+from maskpolicy.meta.learning.meta_learning import MetaLearningOptions, meta_data, train_meta_learning
+from maskpolicy.meta.learning.supervised import encode_answers, feature_spec, train_supervised
+from maskpolicy.meta.results.schema import LearnedPolicyRecord, LearnResults, Named
+from maskpolicy.policies import LearnedPolicy, PolicyError
+from maskpolicy.tasks.base import Task, TaskError
+from maskpolicy.tasks.text.features import FeatureSpec
+from maskpolicy.tasks.training.models import ModelSpec
+
+log = logging.getLogger(__name__)
+METHODS = ("supervised", "meta_learning")
+DEPRECATED_METHODS = {"meta": "meta_learning"}
+ARTIFACT = "policy"
+
+
+def learning_method(name: str) -> str:
+    """``learning.method`` checked, with an earlier spelling accepted (and a warning)."""
+    if name in DEPRECATED_METHODS:
+        log.warning("learning.method=%s is deprecated; it is now spelt learning.method=%s", name,
+                    DEPRECATED_METHODS[name])
+        return DEPRECATED_METHODS[name]
+    if name not in METHODS:
+        raise ConfigError(f"learning.method must be one of {', '.join(METHODS)}, got {name!r}")
+    return name
+
+
+def learn_policy(cfg: DictConfig, output_dir: Path, task_name: str) -> LearnResults:
+    """Trains, judges and saves the policy that ``cfg`` describes.
+
+    ``cfg`` has the ``learn`` config's shape: ``task``, ``model``, ``policy``, ``learning`` and ``seed``.
+    """
+    started = time.perf_counter()
+    method = learning_method(cfg.learning.method)
+    task, spec, policy = _build(cfg)
+    tokenizer = spec.build_tokenizer(document.text for document in task.corpus())
+    features = feature_spec(task, policy.features)
+    held_out = encode_answers(task, cfg.learning.eval_split, tokenizer, spec.max_length, features)
+    history = _train(method, cfg, task, spec, tokenizer, policy, features)
+    evaluation = compare_with_heuristics(policy, held_out, tokenizer.pad_token_id, seed=cfg.seed)
+    task_record = Named(task_name, plain(cfg.task))
+    save_policy(policy, output_dir / ARTIFACT, training={
+        "method": method, "task": dataclasses.asdict(task_record), "train_split": cfg.learning.train_split,
+        "evaluation": dataclasses.asdict(evaluation), "seed": cfg.seed,
+    })
+    return LearnResults(method=method, task=task_record, policy=LearnedPolicyRecord(plain(cfg.policy), ARTIFACT),
+                        evaluation=evaluation, history=history, seed=cfg.seed,
+                        wall_seconds=round(time.perf_counter() - started, 2))
+
+
+def _build(cfg: DictConfig) -> tuple[Task, ModelSpec, LearnedPolicy]:
+    task, spec = build(cfg.task, "task"), build(cfg.model, "model")
+    if not isinstance(task, Task):
+        raise TaskError(f"task {getattr(task, 'name', type(task).__name__)!r} has no text and QA to learn a masking "
+                        "policy from")
+    policy = build(cfg.policy, "policy")
+    if not isinstance(policy, LearnedPolicy):
+        raise PolicyError(f"maskpolicy-learn trains a LearnedPolicy; policy._target_ built a {type(policy).__name__}")
+    return task, spec, policy
+
+
+def _train(method: str, cfg: DictConfig, task: Task, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase,
+           policy: LearnedPolicy, features: FeatureSpec) -> dict[str, list[float]]:
+    """Trains ``policy`` in place; returns its training curves."""
+    split = cfg.learning.train_split
+    if method == "supervised":
+        rows = encode_answers(task, split, tokenizer, spec.max_length, features)
+        options = plain(cfg.learning.supervised)
+        return {"loss": train_supervised(policy, rows, tokenizer.pad_token_id, seed=cfg.seed, **options)}
+    options = MetaLearningOptions(**plain(cfg.learning.meta_learning))
+    return train_meta_learning(policy, meta_data(task, split, tokenizer, spec, features), spec, tokenizer, options,
+                               cfg.seed)

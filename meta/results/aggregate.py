@@ -1,0 +1,105 @@
+"""Many runs side by side: mean ± spread over seeds, as rows and as an aligned text table.
+
+The one aggregator behind the multirun summary (``summary.json``/``.csv``) and the search's
+leaderboard: both group :class:`~maskpolicy.meta.results.schema.PretrainResults` and call
+:func:`aggregate` on each group.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from maskpolicy.meta.results.files import write_csv, write_json
+from maskpolicy.meta.results.schema import PretrainResults, ResultsError, load
+
+METRICS: dict[str, Callable[[PretrainResults], float | None]] = {
+    "dev_em": lambda run: run.downstream.dev_em,
+    "dev_f1": lambda run: run.downstream.dev_f1,
+    "test_em": lambda run: run.downstream.test_em,
+    "test_f1": lambda run: run.downstream.test_f1,
+    "mll_nats_per_token": lambda run: run.mll.nats_per_token if run.mll else None,
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a text table: the row key, its header, and how many decimals (None: a plain value)."""
+
+    key: str
+    header: str
+    digits: int | None = 3
+    width: int = 15
+
+
+SUMMARY_KEYS = ("task", "model", "policy")
+SUMMARY_COLUMNS = (Column("task", "task", None, 10), Column("model", "model", None, 12),
+                   Column("policy", "policy", None, 24), Column("seeds", "seeds", None, 5),
+                   Column("dev_em", "dev EM"), Column("test_em", "test EM"), Column("test_f1", "test F1"),
+                   Column("mll_nats_per_token", "MLL nats/token", 2, 17), Column("seconds", "s/run", 0, 7))
+
+
+def mean_spread(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the values present (spread 0 for one value; None for none)."""
+    present = [value for value in values if value is not None]
+    if not present:
+        return None, None
+    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0
+
+
+def aggregate(runs: Sequence[PretrainResults]) -> dict[str, Any]:
+    """``seeds``, ``<metric>`` and ``<metric>_spread`` for every metric, and mean ``seconds`` and ``tokens``."""
+    if not runs:
+        raise ResultsError("nothing to aggregate: no runs")
+    row: dict[str, Any] = {"seeds": len(runs)}
+    for name, read in METRICS.items():
+        row[name], row[f"{name}_spread"] = mean_spread(read(run) for run in runs)
+    row["seconds"] = statistics.fmean(run.wall_seconds for run in runs)
+    row["tokens"] = statistics.fmean(run.pretrain.tokens for run in runs)
+    return row
+
+
+def summarize(runs: Iterable[PretrainResults]) -> list[dict[str, Any]]:
+    """One row per (task, model, policy label), sorted by those."""
+    groups: dict[tuple[str, str, str], list[PretrainResults]] = defaultdict(list)
+    for run in runs:
+        groups[(run.task.name, run.model.name, run.policy.label)].append(run)
+    return [dict(zip(SUMMARY_KEYS, key, strict=True)) | aggregate(group) for key, group in sorted(groups.items())]
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    """Rows as aligned text; a metric column shows ``mean ± spread`` (— when missing)."""
+
+    def cell(row: Mapping[str, Any], column: Column) -> str:
+        value = row.get(column.key)
+        if column.digits is None:
+            return str(value)
+        if value is None:
+            return "—"
+        spread = row.get(f"{column.key}_spread")
+        return f"{value:.{column.digits}f}" + ("" if spread is None else f" ± {spread:.{column.digits}f}")
+
+    widths = [max([column.width, len(column.header), *(len(cell(row, column)) for row in rows)]) for column in columns]
+    header = " ".join(f"{column.header:>{width}}" for column, width in zip(columns, widths, strict=True))
+    lines = [header, "-" * len(header)]
+    lines += [" ".join(f"{cell(row, column):>{width}}" for column, width in zip(columns, widths, strict=True))
+              for row in rows]
+    return "\n".join(lines)
+
+
+def runs_under(root: str | Path) -> list[PretrainResults]:
+    """The pre-training results of every finished run under ``root`` (a multirun's sweep directory)."""
+    return [load(path, PretrainResults) for path in sorted(Path(root).glob("*/results.json"))]
+
+
+def write_summary(directory: str | Path, runs: Sequence[PretrainResults]) -> list[dict[str, Any]]:
+    """``summary.json`` and ``summary.csv`` of ``runs`` in ``directory``; returns the rows."""
+    rows = summarize(runs)
+    if rows:
+        write_json(Path(directory) / "summary.json", rows)
+        write_csv(Path(directory) / "summary.csv", rows, list(rows[0]))
+    return rows

@@ -1,0 +1,306 @@
+"""What every command's ``results.json`` holds: typed, versioned, read and written in one place.
+
+Each command's record is a frozen dataclass; :func:`save` writes it with its command name
+and schema version, :func:`load` reads any of them back (checking the version and every
+key) into the right class. Nothing else in the project reads ``results.json`` by string keys.
+
+Schema versions: 1 — the records before this module (same keys, no ``schema`` field);
+2 — adds ``schema``; trial records of a search hold no test metrics (``test_em``/``test_f1``
+are null when a run never touched the test split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, ClassVar, Union
+
+from maskpolicy.meta.results.files import write_json
+
+SCHEMA_VERSION = 2
+RESULTS_FILE = "results.json"
+PACKAGES = ("maskpolicy", "torch", "pytorch-lightning", "transformers", "tokenizers", "hydra-core", "optuna",
+            "higher", "numpy", "matplotlib")
+
+
+class ResultsError(ValueError):
+    """A results file is missing, damaged, or from another schema."""
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages a result depends on, and Python's."""
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), **{name: installed(name) for name in PACKAGES}}
+
+
+# ---------------------------------------------------------------------------- parts
+
+
+@dataclass(frozen=True)
+class Named:
+    """A config-group choice and its resolved parameters."""
+
+    name: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PolicyRecord(Named):
+    """The policy a run masked with; ``source`` says where a saved policy came from."""
+
+    source: dict[str, Any] | None = None
+
+    @property
+    def label(self) -> str:
+        """The policy's name; a saved policy adds how it was trained and the folder it was saved in."""
+        if not self.source:
+            return self.name
+        method = self.source.get("training", {}).get("method", "?")
+        return f"{self.name}[{method}:{Path(self.source['path']).parent.name}]"
+
+
+@dataclass(frozen=True)
+class ModelRecord(Named):
+    parameters: int
+
+
+@dataclass(frozen=True)
+class Downstream:
+    """QA scores of the epoch chosen on dev; test is null for a run that never saw it (a search trial)."""
+
+    dev_em: float
+    dev_f1: float
+    best_epoch: int | None
+    test_em: float | None = None
+    test_f1: float | None = None
+
+
+@dataclass(frozen=True)
+class PretrainStats:
+    steps: int
+    tokens: int
+    masked_tokens: int
+    final_loss: float | None
+    rows: int | None = None
+
+
+@dataclass(frozen=True)
+class RateCurveRecord:
+    """S_m in nats/token against the masking rate; null where a rate was not drawn."""
+
+    rate: list[float]
+    S: list[float | None]
+    m: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class MLLScore:
+    """The cumulative masked-prediction estimate of log p(held-out text) of a pre-trained masked LM."""
+
+    estimator: str
+    estimate: float
+    stderr: float | None
+    nats_per_token: float
+    bits_per_token: float
+    reduction: str
+    forward_passes: int
+    sequences: int
+    tokens: int
+    per_rate: RateCurveRecord
+    seconds: float | None = None
+
+
+# ---------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class PretrainResults:
+    """``maskpolicy-pretrain``, and every search trial and final re-run."""
+
+    command: ClassVar[str] = "pretrain"
+    policy: PolicyRecord
+    task: Named
+    model: ModelRecord
+    seed: int
+    downstream: Downstream
+    pretrain: PretrainStats
+    mll: MLLScore | None
+    wall_seconds: float
+    versions: dict[str, str | None] = field(default_factory=versions)
+
+
+@dataclass(frozen=True)
+class FixedRatePoint:
+    """One fixed-rate estimate D·S_m; ``bias_total`` = D·S_m − log p(x) when the exact value is known."""
+
+    rate: float
+    rate_used: float
+    estimate: float
+    stderr: float | None
+    nats_per_token: float
+    forward_passes: int
+    bias_total: float | None = None
+
+
+@dataclass(frozen=True)
+class ScoreResults:
+    """``maskpolicy-score``: the estimate of a tractable model or a saved masked LM, with its per-rate curve."""
+
+    command: ClassVar[str] = "score"
+    task: Named
+    seed: int
+    estimator: str
+    estimate: float
+    stderr: float | None
+    reduction: str
+    nats_per_token: float
+    bits_per_token: float
+    sequences: int
+    tokens: int
+    forward_passes: int
+    forward_passes_per_sequence: float
+    per_rate: RateCurveRecord
+    fixed_rates: list[FixedRatePoint]
+    wall_seconds: float
+    exact_lml: float | None = None
+    exact_nats_per_token: float | None = None
+    relative_error: float | None = None
+    checkpoint: str | None = None
+    data_file: str | None = None
+    versions: dict[str, str | None] = field(default_factory=versions)
+
+
+@dataclass(frozen=True)
+class MaskQuality:
+    """How well a policy's masks hit the answer tokens of held-out questions."""
+
+    precision: float
+    recall: float
+    masked_tokens: int
+    answer_tokens: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    split: str
+    learned: MaskQuality
+    learned_topk: MaskQuality
+    entity: MaskQuality
+    random: MaskQuality
+
+
+@dataclass(frozen=True)
+class LearnedPolicyRecord:
+    params: dict[str, Any]
+    artifact: str
+
+
+@dataclass(frozen=True)
+class LearnResults:
+    """``maskpolicy-learn``: a trained policy, its mask quality next to the heuristics, its training curve."""
+
+    command: ClassVar[str] = "learn"
+    method: str
+    task: Named
+    policy: LearnedPolicyRecord
+    evaluation: Evaluation
+    history: dict[str, list[float]]
+    seed: int
+    wall_seconds: float
+    versions: dict[str, str | None] = field(default_factory=versions)
+
+
+RECORDS: dict[str, type] = {record.command: record for record in (PretrainResults, ScoreResults, LearnResults)}
+Record = PretrainResults | ScoreResults | LearnResults
+
+
+# ---------------------------------------------------------------------------- reading and writing
+
+
+def to_dict(record: Record) -> dict[str, Any]:
+    """The JSON-ready form: ``schema`` first, then the record's fields."""
+    return {"schema": {"command": record.command, "version": SCHEMA_VERSION}, **dataclasses.asdict(record)}
+
+
+def save(directory: str | os.PathLike, record: Record) -> Path:
+    """Writes ``<directory>/results.json`` atomically."""
+    return write_json(Path(directory) / RESULTS_FILE, to_dict(record))
+
+
+def load(path: str | os.PathLike, expected: type | None = None) -> Any:
+    """Reads a ``results.json`` (or the directory holding one) into its record class.
+
+    ``expected`` checks the kind, e.g. ``load(run, PretrainResults)``.
+    """
+    path = Path(path)
+    path = path / RESULTS_FILE if path.is_dir() else path
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise ResultsError(f"no results at {path}: the run has not finished (or ran elsewhere)") from error
+    except json.JSONDecodeError as error:
+        raise ResultsError(f"{path} is not valid JSON ({error}); delete it and re-run") from error
+    return from_dict(data, expected, where=str(path))
+
+
+def from_dict(data: dict[str, Any], expected: type | None = None, where: str = "results") -> Any:
+    """The record a ``to_dict`` payload describes; version-1 payloads (no ``schema``) are pretrain-like by keys."""
+    schema = data.get("schema") or {"command": _guess_command(data), "version": 1}
+    if not isinstance(schema.get("version"), int) or schema["version"] > SCHEMA_VERSION:
+        raise ResultsError(f"{where} has results schema {schema.get('version')!r}; this maskpolicy reads versions "
+                           f"1–{SCHEMA_VERSION}: upgrade maskpolicy")
+    record = RECORDS.get(schema.get("command"))
+    if record is None:
+        raise ResultsError(f"{where}: unknown command {schema.get('command')!r}; known: {', '.join(RECORDS)}")
+    if expected is not None and record is not expected:
+        raise ResultsError(f"{where} holds {record.command} results, not {expected.command} results")
+    return _build(record, {key: value for key, value in data.items() if key != "schema"}, where)
+
+
+def _guess_command(data: dict[str, Any]) -> str:
+    return "learn" if "method" in data else "score" if "estimator" in data else "pretrain"
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ResultsError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ResultsError(f"{where}: unknown key(s) {unknown} for {cls.__name__}")
+    values = {}
+    for name, value in data.items():
+        values[name] = _convert(hints[name], value, f"{where}.{name}")
+    missing = [name for name, f in fields.items() if name not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ResultsError(f"{where}: missing key(s) {missing} for {cls.__name__}")
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = [option for option in typing.get_args(hint) if option is not type(None)]
+        return _convert(options[0], value, where) if len(options) == 1 else value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is list and typing.get_args(hint) and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        return [_build(typing.get_args(hint)[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+    return value

@@ -1,0 +1,98 @@
+"""The final evaluation: the best configuration of each family re-run with fresh seeds, scored on test.
+
+Validation numbers picked the configurations; the final re-runs use seeds the search never
+ran (:func:`~maskpolicy.meta.search.study.final_seeds`) and are the only runs that touch the
+test split. A re-run whose ``results.json`` exists is read back, not run again (resume).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from maskpolicy.meta.learning.artifacts import read_card
+from maskpolicy.meta.pipeline import RunNames
+from maskpolicy.meta.results import schema
+from maskpolicy.meta.results.files import copy_directory, write_text
+from maskpolicy.meta.results.schema import PretrainResults
+from maskpolicy.meta.search.study import Search, best_per_family
+from maskpolicy.meta.search.trial import ARTIFACT_LOADER, run_configuration
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinalConfiguration:
+    """One leaderboard entry: a configuration and its final runs (one per seed, with their directories)."""
+
+    label: str
+    family: str
+    source: str  # "search" or "transfer"
+    trial: int | None
+    params: dict[str, Any]
+    policy: dict[str, Any]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    runs: list[PretrainResults] = field(default_factory=list)
+    directories: list[Path] = field(default_factory=list)
+
+
+def transfer_policy(cfg: DictConfig) -> dict | None:
+    """The policy node of ``search.transfer_from`` (its card checked now, before any training)."""
+    if not cfg.search.transfer_from:
+        return None
+    path = Path(cfg.search.transfer_from).expanduser().resolve()
+    read_card(path)
+    return {"_target_": ARTIFACT_LOADER, "path": str(path)}
+
+
+def configurations(cfg: DictConfig, search: Search) -> list[FinalConfiguration]:
+    """The best completed trial of each family, and the transferred policy if any."""
+    chosen = [FinalConfiguration(family, family, "search", trial.number,
+                                 {k: v for k, v in trial.params.items() if k != "family"},
+                                 trial.user_attrs["policy"], trial.user_attrs["overrides"])
+              for family, trial in best_per_family(search.study, search.objectives[0]).items()]
+    transfer = transfer_policy(cfg)
+    if transfer is not None:
+        chosen.append(FinalConfiguration("transfer", "transfer", "transfer", None, {"path": transfer["path"]},
+                                         transfer))
+    return chosen
+
+
+def run_finals(cfg: DictConfig, search: Search, output_dir: Path, names: RunNames) -> list[FinalConfiguration]:
+    """Every configuration re-run with every final seed (finished ones read back)."""
+    chosen = configurations(cfg, search)
+    for configuration in chosen:
+        for seed in search.final_seeds:
+            directory = output_dir / "final" / configuration.label / f"seed-{seed}"
+            configuration.runs.append(_run_or_resume(cfg, configuration, seed, directory, names))
+            configuration.directories.append(directory)
+    return chosen
+
+
+def _run_or_resume(cfg: DictConfig, configuration: FinalConfiguration, seed: int, directory: Path,
+                   names: RunNames) -> PretrainResults:
+    if (directory / schema.RESULTS_FILE).exists():
+        return schema.load(directory, PretrainResults)
+    log.info("final run: %s, seed %d", configuration.label, seed)
+    return run_configuration(cfg, configuration.policy, configuration.overrides, seed, directory,
+                             RunNames(configuration.family, names.task, names.model), test=True)
+
+
+def save_best_policy(best: FinalConfiguration, output_dir: Path) -> Path:
+    """The winner, ready to use: ``best_policy/`` (a trained policy's artifact) or ``best_policy.yaml`` (its config)."""
+    artifact = best.directories[0] / "learning" / "policy"
+    if artifact.is_dir():
+        return copy_directory(artifact, output_dir / "best_policy")
+    return write_text(output_dir / "best_policy.yaml", OmegaConf.to_yaml(OmegaConf.create(best.runs[0].policy.params)))
+
+
+def rate_curves(chosen: Sequence[FinalConfiguration]) -> dict[str, dict[str, Any]]:
+    """label → the S_m curve of its first final run, for the report."""
+    return {configuration.label: {"family": configuration.family, "rate": run.mll.per_rate.rate,
+                                  "S": run.mll.per_rate.S}
+            for configuration in chosen if configuration.runs and (run := configuration.runs[0]).mll}

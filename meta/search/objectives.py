@@ -1,0 +1,103 @@
+"""What the search optimises: each objective's name, direction, how it is read from a run, what
+pruning watches while a trial trains, and how it is labelled.
+
+Everything that handles objective values — the study's directions, the trial's returned
+values, the pruning callback, the best trial per family, the leaderboard's ranking, the
+correlation and every label in the report — reads them from here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from maskpolicy.meta.results.aggregate import METRICS
+from maskpolicy.meta.results.schema import PretrainResults
+
+
+class ObjectiveError(ValueError):
+    """The search was asked to optimise something it cannot."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One quantity the search optimises.
+
+    Attributes:
+        name: how ``search.objectives`` names it.
+        label: how tables and figures name it.
+        meaning: one line for the report.
+        direction: ``"maximize"`` or ``"minimize"``.
+        metric: the per-run metric it is (a key of :data:`~maskpolicy.meta.results.aggregate.METRICS`,
+            and of the leaderboard's columns).
+        monitor: the metric logged during a trial's training that the pruning callback reports
+            (``None``: the value exists only when the trial ends, so such a study is not pruned).
+    """
+
+    name: str
+    label: str
+    meaning: str
+    direction: Literal["maximize", "minimize"]
+    metric: str
+    monitor: str | None
+
+    @property
+    def sign(self) -> float:
+        """+1 when larger is better, −1 when smaller is."""
+        return 1.0 if self.direction == "maximize" else -1.0
+
+    @property
+    def mode(self) -> str:
+        """Lightning's spelling of the direction."""
+        return "max" if self.direction == "maximize" else "min"
+
+    def read(self, run: PretrainResults) -> float | None:
+        """The objective's value for a finished run; None when the run has none (or a non-finite one)."""
+        value = METRICS[self.metric](run)
+        return value if value is not None and math.isfinite(value) else None
+
+
+DEV_EM = Objective("dev_em", "dev EM", "downstream validation exact match, in [0, 1]", "maximize", "dev_em",
+                   "dev/em")
+MLL = Objective("mll", "MLL score (nats/token)",
+                "marginal-likelihood score of the pre-trained model on held-out text, in nats per token",
+                "maximize", "mll_nats_per_token", None)
+OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (DEV_EM, MLL)}
+
+
+def resolve(names: Sequence[str]) -> tuple[Objective, ...]:
+    """The objectives ``search.objectives`` names, in order."""
+    names = list(names)
+    unknown = [name for name in names if name not in OBJECTIVES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ObjectiveError(f"search.objectives must be a non-empty list without repeats from {list(OBJECTIVES)}, "
+                             f"got {names}")
+    return tuple(OBJECTIVES[name] for name in names)
+
+
+def pruning_monitor(objectives: Sequence[Objective]) -> Objective | None:
+    """The objective a pruner can follow during training: a single objective with a monitor, else None.
+
+    Optuna prunes single-objective studies only; an objective known only at the end of a
+    trial (the MLL score) gives the pruner nothing to compare mid-trial.
+    """
+    if len(objectives) == 1 and objectives[0].monitor is not None:
+        return objectives[0]
+    return None
+
+
+def values(objectives: Sequence[Objective], run: PretrainResults) -> float | tuple[float, ...]:
+    """What the trial returns to Optuna: one value, or a tuple for several objectives."""
+    found = {objective.name: objective.read(run) for objective in objectives}
+    missing = [name for name, value in found.items() if value is None]
+    if missing:
+        raise ObjectiveError(f"the trial produced no finite value for {missing}: {found}")
+    chosen = tuple(found.values())
+    return chosen[0] if len(chosen) == 1 else chosen
+
+
+def better(objective: Objective) -> Callable[[float, float], bool]:
+    """``better(a, b)``: whether ``a`` beats ``b`` under the objective's direction."""
+    return lambda a, b: objective.sign * a > objective.sign * b

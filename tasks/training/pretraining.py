@@ -1,0 +1,122 @@
+"""Intermediate pre-training: batch → policy → corruption → model → loss."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from maskpolicy.policies import MaskingPolicy, mlm_corrupt, sentinel_corrupt
+from maskpolicy.tasks.text.encoding import token_batch
+from maskpolicy.tasks.training.optim import adamw_with_warmup
+
+
+class EncoderCorruption:
+    """BERT 80/10/10 corruption, with random replacements drawn from non-special ids."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, mask_fraction: float = 0.8, random_fraction: float = 0.1):
+        special = set(tokenizer.all_special_ids)
+        self.replacement_ids = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
+        self.mask_token_id = tokenizer.mask_token_id
+        self.mask_fraction, self.random_fraction = mask_fraction, random_fraction
+
+    def __call__(self, batch: dict[str, Tensor], mask: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        inputs, labels = mlm_corrupt(
+            batch["input_ids"], mask, mask_token_id=self.mask_token_id, replacement_ids=self.replacement_ids,
+            generator=generator, mask_fraction=self.mask_fraction, random_fraction=self.random_fraction,
+        )
+        return {"input_ids": inputs, "attention_mask": batch["attention_mask"], "labels": labels}
+
+
+class Seq2SeqCorruption:
+    """Denoising for BART/T5-style models: each masked span becomes one sentinel.
+
+    ``target="spans"`` asks the decoder for the masked spans only, ``"full"`` for the
+    whole original sequence. T5-style tokenizers (``<extra_id_k>`` tokens) get one
+    sentinel per span; others share their mask token, as BART does.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, target: Literal["spans", "full"] = "spans"):
+        extra = [t for t in tokenizer.all_special_tokens if t.startswith("<extra_id_")]
+        extra.sort(key=lambda t: int(t.removeprefix("<extra_id_").removesuffix(">")))
+        ids = tokenizer.convert_tokens_to_ids(extra) if extra else [tokenizer.mask_token_id]
+        self.sentinel_ids = torch.tensor(ids)
+        self.pad_token_id, self.eos_token_id, self.target = tokenizer.pad_token_id, tokenizer.eos_token_id, target
+
+    def __call__(self, batch: dict[str, Tensor], mask: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        corrupted = sentinel_corrupt(
+            batch["input_ids"], batch["attention_mask"], mask, sentinel_ids=self.sentinel_ids,
+            pad_token_id=self.pad_token_id, target=self.target, eos_token_id=self.eos_token_id,
+        )
+        return {"input_ids": corrupted.input_ids, "attention_mask": corrupted.attention_mask,
+                "labels": corrupted.labels}
+
+
+def build_corruption(kind: str, tokenizer: PreTrainedTokenizerBase, **options: Any):
+    """The corruption matching a model kind (``masked_lm`` or ``seq2seq``)."""
+    if kind == "seq2seq":
+        return Seq2SeqCorruption(tokenizer, target=options.get("target", "spans"))
+    return EncoderCorruption(tokenizer, options.get("mask_fraction", 0.8), options.get("random_fraction", 0.1))
+
+
+class MaskedPretraining(pl.LightningModule):
+    """Intermediate pre-training of a language model with a masking policy.
+
+    Masks are drawn from the module's own ``torch.Generator`` (seeded with ``seed``
+    plus the process rank), saved in checkpoints so a resumed run continues the
+    same mask stream.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        policy: MaskingPolicy,
+        corruption,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_fraction: float = 0.06,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model, self.policy, self.corruption = model, policy, corruption
+        self.save_hyperparameters(ignore=["model", "policy", "corruption"])
+        self._generator: torch.Generator | None = None
+        self._pending_generator_state: Tensor | None = None
+        self.tokens_seen = 0
+        self.masked_seen = 0
+
+    @property
+    def generator(self) -> torch.Generator:
+        if self._generator is None or self._generator.device != self.device:
+            self._generator = torch.Generator(device=self.device)
+            self._generator.manual_seed(self.hparams.seed + self.global_rank)
+            if self._pending_generator_state is not None:
+                self._generator.set_state(self._pending_generator_state)
+                self._pending_generator_state = None
+        return self._generator
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        mask = self.policy.select(token_batch(batch), self.generator)
+        loss = self.model(**self.corruption(batch, mask, self.generator)).loss
+        self.tokens_seen += int(batch["attention_mask"].sum())
+        self.masked_seen += int(mask.sum())
+        self.log("pretrain/loss", loss, prog_bar=True)
+        self.log("pretrain/mask_rate", mask.sum() / batch["maskable"].sum().clamp(min=1))
+        return loss
+
+    def configure_optimizers(self):
+        return adamw_with_warmup(self.model.named_parameters(), self.hparams.learning_rate, self.hparams.weight_decay,
+                                 self.hparams.warmup_fraction, int(self.trainer.estimated_stepping_batches))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mask_generator_state"] = self.generator.get_state()
+        checkpoint["tokens_seen"], checkpoint["masked_seen"] = self.tokens_seen, self.masked_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_generator_state = checkpoint.get("mask_generator_state")
+        self._generator = None
+        self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        self.masked_seen = checkpoint.get("masked_seen", 0)

@@ -1,0 +1,116 @@
+"""Downstream closed-book QA: encoding, fine-tuning and evaluation.
+
+A masked LM answers as a cloze: ``[CLS] question [SEP] [MASK]…[MASK] [SEP]`` with
+one ``[MASK]`` per answer token (so multi-token answers leak their length; the
+default task keeps answers to one token). A seq2seq model generates the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from maskpolicy.policies import IGNORE_INDEX
+from maskpolicy.tasks.base import QAExample
+from maskpolicy.tasks.training.metrics import qa_scores
+from maskpolicy.tasks.training.optim import adamw_with_warmup
+
+
+def encode_qa(
+    examples: Sequence[QAExample], tokenizer: PreTrainedTokenizerBase, kind: str, max_length: int
+) -> list[dict[str, Any]]:
+    """Rows with ``input_ids``, ``labels`` and the gold ``answers`` (strings).
+
+    Cloze rows are the tokenizer's own question/answer pair encoding with every
+    answer token replaced by the mask token, so any tokenizer's special-token
+    template is respected.
+    """
+    questions, answers = [e.question for e in examples], [e.answer for e in examples]
+    if kind == "seq2seq":
+        inputs = tokenizer(questions, truncation=True, max_length=max_length)["input_ids"]
+        targets = tokenizer(answers, add_special_tokens=False)["input_ids"]
+        labels = [(target + [tokenizer.eos_token_id])[:max_length] for target in targets]
+    else:
+        encoded = tokenizer(questions, answers, truncation="only_first", max_length=max_length)
+        inputs, labels = [], []
+        for i, ids in enumerate(encoded["input_ids"]):
+            in_answer = [source == 1 for source in encoded.sequence_ids(i)]
+            inputs.append([tokenizer.mask_token_id if a else t for t, a in zip(ids, in_answer, strict=True)])
+            labels.append([t if a else IGNORE_INDEX for t, a in zip(ids, in_answer, strict=True)])
+    return [
+        {"input_ids": torch.tensor(i), "labels": torch.tensor(y), "answers": (e.answer, *e.aliases)}
+        for i, y, e in zip(inputs, labels, examples, strict=True)
+    ]
+
+
+class QAFineTuning(pl.LightningModule):
+    """Fine-tunes a pre-trained language model on QA pairs; logs ``{split}/em`` and ``{split}/f1``.
+
+    The validation split ("dev") selects the checkpoint; the test split is scored once,
+    with the selected checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        kind: str = "masked_lm",
+        learning_rate: float = 5e-4,
+        weight_decay: float = 0.01,
+        warmup_fraction: float = 0.06,
+        max_answer_tokens: int = 16,
+        decay_norms_and_biases: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.kind = model, tokenizer, kind
+        self.save_hyperparameters(ignore=["model", "tokenizer"])
+        self._predictions: list[str] = []
+        self._answers: list[Sequence[str]] = []
+        self.scores: dict[str, dict[str, float]] = {}  # latest exact scores per split, as Python floats
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["labels"]).loss
+        self.log("finetune/loss", loss, prog_bar=True, batch_size=len(batch["answers"]))
+        return loss
+
+    @torch.no_grad()
+    def predict_answers(self, batch: dict[str, Any]) -> list[str]:
+        if self.kind == "seq2seq":
+            generated = self.model.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                max_new_tokens=self.hparams.max_answer_tokens, do_sample=False,
+            )
+            return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        guesses = logits.argmax(dim=-1)
+        at_answer = batch["labels"] != IGNORE_INDEX
+        return [self.tokenizer.decode(row[keep]) for row, keep in zip(guesses, at_answer, strict=True)]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._predictions += self.predict_answers(batch)
+        self._answers += batch["answers"]
+
+    test_step = validation_step
+
+    def _log_scores(self, split: str) -> None:
+        self.scores[split] = qa_scores(self._predictions, self._answers)
+        for metric, value in self.scores[split].items():
+            self.log(f"{split}/{metric}", value, prog_bar=metric == "em")
+        self._predictions, self._answers = [], []
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("dev")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def configure_optimizers(self):
+        return adamw_with_warmup(self.model.named_parameters(), self.hparams.learning_rate, self.hparams.weight_decay,
+                                 self.hparams.warmup_fraction, int(self.trainer.estimated_stepping_batches),
+                                 decay_norms_and_biases=self.hparams.decay_norms_and_biases)

@@ -142,10 +142,13 @@ def test_bad_settings_fail_before_any_training(tmp_path, overrides, message):
 
 def test_multirun_gives_one_study_per_combination_and_a_combined_leaderboard(tmp_path):
     sweep = tmp_path / "sweep"
-    run("--multirun", "seed=0,1", "search.n_trials=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    run("--multirun", "seed=0,1", "search.n_trials=2", "search.final.seeds=null", "search.final.n_seeds=1",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert (sweep / "0/study.db").exists() and (sweep / "1/study.db").exists()
     rows = json.loads((sweep / "leaderboard.json").read_text())
     assert {row["study"] for row in rows} == {"seed=0", "seed=1"}
+    assert {p.name for p in sweep.glob("0/final/*/seed-*")} == {"seed-1"}  # the seed after each study's own
+    assert {p.name for p in sweep.glob("1/final/*/seed-*")} == {"seed-2"}
 
 
 def test_two_objectives_and_a_transferred_policy(tmp_path):
@@ -159,3 +162,18 @@ def test_two_objectives_and_a_transferred_policy(tmp_path):
     transfer = [row for row in board if row["source"] == "transfer"]
     assert len(transfer) == 1 and transfer[0]["params"]["path"] == str((tmp_path / "saved").resolve())
     assert "Pareto" in (out / "report.html").read_text()
+
+
+def test_an_mll_search_is_not_pruned_on_dev_em_and_ranks_and_labels_by_mll(tmp_path):
+    out = tmp_path / "run"
+    run("search.n_trials=3", "search.objectives=[mll]", "search/pruner=threshold", "search.pruner.lower=2.0",
+        f"hydra.run.dir={out}", cwd=tmp_path)
+    trials = study_of(out).get_trials()
+    # a threshold of 2.0 EM would prune every trial on dev EM at its first epoch; on MLL nothing can be pruned
+    assert all(t.state == TrialState.COMPLETE and not t.intermediate_values for t in trials)
+    assert all(t.value == t.user_attrs["metrics"]["mll_nats_per_token"] for t in trials)
+    board = json.loads((out / "leaderboard.json").read_text())
+    scores = [row["mll_nats_per_token"] for row in board]
+    assert scores == sorted(scores, reverse=True)
+    html = (out / "report.html").read_text()
+    assert "MLL score (nats/token)" in html and json.loads((out / "search.json").read_text())["objectives"] == ["mll"]

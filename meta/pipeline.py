@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from maskpolicy.meta.config import build, plain
+from maskpolicy.meta.results.files import staged_directory
 from maskpolicy.meta.results.schema import (
     Downstream,
     MLLScore,
@@ -106,8 +107,9 @@ def pretrain(cfg: DictConfig, run: Setup, output_dir: Path) -> PretrainStats:
         log.info("resuming pre-training from %s", last)
     trainer.fit(module, datamodule=data, ckpt_path=last if last.exists() else None)
     if cfg.pretrain.save_model:
-        run.model.save_pretrained(output_dir / "pretrained")
-        run.tokenizer.save_pretrained(output_dir / "pretrained")
+        with staged_directory(output_dir / "pretrained") as staging:
+            run.model.save_pretrained(staging)
+            run.tokenizer.save_pretrained(staging)
     loss = trainer.callback_metrics.get("pretrain/loss")
     return PretrainStats(steps=trainer.global_step, tokens=module.tokens_seen, masked_tokens=module.masked_seen,
                          final_loss=None if loss is None else float(loss), rows=len(rows))
@@ -146,19 +148,12 @@ def finetune(cfg: DictConfig, run: Setup, output_dir: Path, *, test: bool,
     trainer = make_trainer(cfg, output_dir, "finetune", max_epochs=cfg.finetune.epochs, callbacks=[best, *callbacks])
     trainer.fit(module, datamodule=data)
     if test:
-        trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)  # loads the best-dev epoch
-    else:
-        module.load_state_dict(_checkpoint_state(best.best_model_path))
-    trainer.validate(module, datamodule=data, verbose=False)  # its dev scores, exact rather than float32 logs
+        trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)
+    # the best-dev epoch's dev scores, exact rather than the float32 logs
+    trainer.validate(module, datamodule=data, ckpt_path="best", verbose=False)
     dev, held_out = module.scores["dev"], module.scores.get("test", {})
     return Downstream(dev_em=dev["em"], dev_f1=dev["f1"], best_epoch=_best_epoch(best),
                       test_em=held_out.get("em"), test_f1=held_out.get("f1"))
-
-
-def _checkpoint_state(path: str) -> dict:
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]  # our own checkpoint, just written
 
 
 def _best_epoch(checkpoint: ModelCheckpoint) -> int | None:

@@ -45,7 +45,7 @@ def test_the_root_holds_the_rooms_of_the_design():
     rooms = {p.name for p in ROOT.iterdir() if not p.name.startswith(".") and p.name not in ("build", "dist")}
     rooms -= {p for p in rooms if p.endswith(".egg-info") or p in ("outputs", "multirun")}
     assert rooms <= {"policies", "tasks", "meta", "conf", "tests", "benchmarks", "pyproject.toml", "README.md",
-                     "Makefile", "LICENSE"}, rooms
+                     "Makefile", "LICENSE", "CONTRIBUTING.md"}, rooms
     assert {"policies", "tasks", "meta", "conf", "tests", "pyproject.toml", "README.md"} <= rooms
 
 

@@ -28,17 +28,19 @@ METRICS: dict[str, Callable[[PretrainResults], float | None]] = {
 
 @dataclass(frozen=True)
 class Column:
-    """One column of a text table: the row key, its header, and how many decimals (None: a plain value)."""
+    """One column of a text table: the row key, its header, how many decimals (None: a plain value), its width,
+    and whether it is text (left-aligned)."""
 
     key: str
     header: str
     digits: int | None = 3
     width: int = 15
+    text: bool = False
 
 
 SUMMARY_KEYS = ("task", "model", "policy")
-SUMMARY_COLUMNS = (Column("task", "task", None, 10), Column("model", "model", None, 12),
-                   Column("policy", "policy", None, 24), Column("seeds", "seeds", None, 5),
+SUMMARY_COLUMNS = (Column("task", "task", None, 10, text=True), Column("model", "model", None, 12, text=True),
+                   Column("policy", "policy", None, 24, text=True), Column("seeds", "seeds", None, 5),
                    Column("dev_em", "dev EM"), Column("test_em", "test EM"), Column("test_f1", "test F1"),
                    Column("mll_nats_per_token", "MLL nats/token", 2, 17), Column("seconds", "s/run", 0, 7))
 
@@ -83,12 +85,15 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -
         spread = row.get(f"{column.key}_spread")
         return f"{value:.{column.digits}f}" + ("" if spread is None else f" ± {spread:.{column.digits}f}")
 
+    def aligned(text: str, column: Column, width: int) -> str:
+        return f"{text:<{width}}" if column.text else f"{text:>{width}}"
+
     widths = [max([column.width, len(column.header), *(len(cell(row, column)) for row in rows)]) for column in columns]
-    header = " ".join(f"{column.header:>{width}}" for column, width in zip(columns, widths, strict=True))
-    lines = [header, "-" * len(header)]
-    lines += [" ".join(f"{cell(row, column):>{width}}" for column, width in zip(columns, widths, strict=True))
-              for row in rows]
-    return "\n".join(lines)
+    pairs = list(zip(columns, widths, strict=True))
+    lines = [" ".join(aligned(column.header, column, width) for column, width in pairs)]
+    lines.append("-" * len(lines[0]))
+    lines += [" ".join(aligned(cell(row, column), column, width) for column, width in pairs) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def runs_under(root: str | Path) -> list[PretrainResults]:

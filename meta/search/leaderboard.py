@@ -22,7 +22,7 @@ from maskpolicy.meta.search.final import FinalConfiguration
 from maskpolicy.meta.search.objectives import Objective
 
 IDENTITY = ("rank", "label", "family", "source", "trial", "params")
-COLUMNS = (Column("rank", "#", None, 2), Column("label", "policy", None, 24), Column("dev_em", "dev EM"),
+COLUMNS = (Column("rank", "#", None, 2), Column("label", "policy", None, 24, text=True), Column("dev_em", "dev EM"),
            Column("test_em", "test EM"), Column("mll_nats_per_token", "MLL nats/token", 2, 17),
            Column("seconds", "s/run", 0, 7), Column("seeds", "seeds", None, 5))
 CORRELATED = ("mll_nats_per_token", "dev_em")

@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+import pytorch_lightning as pl
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
@@ -51,6 +52,8 @@ def learn_policy(cfg: DictConfig, output_dir: Path, task_name: str) -> LearnResu
     """
     started = time.perf_counter()
     method = learning_method(cfg.learning.method)
+    # the language model's dropout draws from the global generator, which torch seeds at random in every process
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     task, spec, policy = _build(cfg)
     tokenizer = spec.build_tokenizer(document.text for document in task.corpus())
     features = feature_spec(task, policy.features)

@@ -52,7 +52,8 @@ def test_the_root_holds_the_rooms_of_the_design():
 def test_every_package_directory_is_installed():
     listed = set(re.search(r"packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.S).group(1).split())
     listed = {name.strip('",') for name in listed}
-    found = {"maskpolicy." + ".".join(p.parent.relative_to(ROOT).parts) for room in ("policies", "tasks", "meta", "conf")
+    rooms = ("policies", "tasks", "meta", "conf")
+    found = {"maskpolicy." + ".".join(p.parent.relative_to(ROOT).parts) for room in rooms
              for p in (ROOT / room).rglob("__init__.py")}
     assert found == listed, "pyproject.toml [tool.setuptools] packages must list every package: " + str(found ^ listed)
 

@@ -6,7 +6,8 @@ key) into the right class. Nothing else in the project reads ``results.json`` by
 
 Schema versions: 1 — the records before this module (same keys, no ``schema`` field);
 2 — adds ``schema``; trial records of a search hold no test metrics (``test_em``/``test_f1``
-are null when a run never touched the test split).
+are null when a run never touched the test split); 3 — targeted scores (``target`` and
+``empty_sequences`` of a score, ``mll_targets`` of a run) and the ``base`` a run started from.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, ClassVar, Union
 
 from maskpolicy.meta.results.files import write_json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RESULTS_FILE = "results.json"
 PACKAGES = ("maskpolicy", "torch", "pytorch-lightning", "transformers", "tokenizers", "hydra-core", "optuna",
             "higher", "numpy", "matplotlib")
@@ -121,6 +122,20 @@ class MLLScore:
     tokens: int
     per_rate: RateCurveRecord
     seconds: float | None = None
+    target: str = "all"          # which tokens were masked and scored; the rest stayed visible
+    empty_sequences: int = 0     # rows without a target token: they add 0 and are counted here
+
+
+@dataclass(frozen=True)
+class BaseRecord:
+    """The base checkpoint a run's intermediate pre-training started from."""
+
+    source: str                  # "built" (this run built it), "cache" (found it), or a Hugging Face name/path
+    hash: str | None = None      # the content hash of everything the base depends on (cached bases)
+    path: str | None = None
+    steps: int | None = None     # its own pre-training steps (random masking on general text)
+    corpus: dict[str, Any] | None = None   # what it was trained on: documents, tokens, ...
+    seconds: float | None = None  # time spent building it in this run (0 when found in the cache)
 
 
 # ---------------------------------------------------------------------------- records
@@ -140,6 +155,8 @@ class PretrainResults:
     mll: MLLScore | None
     wall_seconds: float
     versions: dict[str, str | None] = field(default_factory=versions)
+    mll_targets: dict[str, MLLScore] = field(default_factory=dict)   # every configured score target, by name
+    base: BaseRecord | None = None   # None: pre-trained from scratch
 
 
 @dataclass(frozen=True)
@@ -181,6 +198,9 @@ class ScoreResults:
     checkpoint: str | None = None
     data_file: str | None = None
     versions: dict[str, str | None] = field(default_factory=versions)
+    target: str = "all"
+    empty_sequences: int = 0
+    positions: list[int] | None = None   # the scored positions of a tractable task's score.target=positions
 
 
 @dataclass(frozen=True)
@@ -301,6 +321,9 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return _convert(options[0], value, where) if len(options) == 1 else value
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
-    if origin is list and typing.get_args(hint) and dataclasses.is_dataclass(typing.get_args(hint)[0]):
-        return [_build(typing.get_args(hint)[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+    arguments = typing.get_args(hint)
+    if origin is list and arguments and dataclasses.is_dataclass(arguments[0]):
+        return [_build(arguments[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict and len(arguments) == 2 and dataclasses.is_dataclass(arguments[1]):
+        return {key: _build(arguments[1], item, f"{where}.{key}") for key, item in value.items()}
     return value

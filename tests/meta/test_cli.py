@@ -45,7 +45,7 @@ def test_one_run_writes_complete_results(tmp_path):
     assert pretrained["tokens"] > 0 and 0 < pretrained["masked_tokens"] < pretrained["tokens"]
     assert all(0.0 <= results["downstream"][k] <= 1.0 for k in ("dev_em", "test_em", "test_f1"))
     assert results["versions"]["torch"] and results["versions"]["maskpolicy"]
-    assert results["schema"] == {"command": "pretrain", "version": 2}
+    assert results["schema"] == {"command": "pretrain", "version": 3}
     assert results["downstream"]["test_em"] is not None  # maskpolicy-pretrain scores test; search trials do not
     assert (tmp_path / "run/pretrained/model.safetensors").exists()
     assert (tmp_path / "run/pretrain/metrics.csv").exists() and (tmp_path / "run/finetune/metrics.csv").exists()

@@ -11,6 +11,7 @@ import pytest
 from maskpolicy.meta.results import schema
 from maskpolicy.meta.results.files import copy_directory, staged_directory, write_atomic, write_json, write_text
 from maskpolicy.meta.results.schema import (
+    BaseRecord,
     Downstream,
     Evaluation,
     FixedRatePoint,
@@ -32,7 +33,10 @@ CURVE = RateCurveRecord([0.5, 1.0], [-1.5, None], [1, 2])
 PRETRAIN = PretrainResults(PolicyRecord("entity", {"_target_": "maskpolicy.policies.EntityPolicy", "rate": 0.15}),
                            Named("bioworld", {"n_people": 40}), ModelRecord("tiny_bert", {}, 540_000), 0,
                            Downstream(0.3, 0.31, 7, 0.29, 0.3), PretrainStats(6, 1000, 150, 2.5, 20),
-                           MLLScore("stratified", -120.0, 1.5, -2.4, -3.46, "mean", 64, 4, 200, CURVE, 0.5), 12.5)
+                           MLLScore("stratified", -120.0, 1.5, -2.4, -3.46, "mean", 64, 4, 200, CURVE, 0.5), 12.5,
+                           mll_targets={"entities": MLLScore("stratified", -10.0, 0.5, -1.9, -2.7, "mean", 64, 4, 20,
+                                                             CURVE, 0.2, "entities", 1)},
+                           base=BaseRecord("cache", "ab12", "/cache/ab12", 1500, {"documents": 900}, 0.0))
 QUALITY = MaskQuality(0.8, 0.9, 100, 90)
 LEARN = LearnResults("supervised", Named("bioworld", {}), LearnedPolicyRecord({"rate": 0.15}, "policy"),
                      Evaluation("dev", QUALITY, QUALITY, QUALITY, QUALITY), {"loss": [0.5, 0.4]}, 0, 3.0)
@@ -64,7 +68,7 @@ def test_a_version_one_file_without_schema_still_loads(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda p: p["schema"].update(version=99), "schema 99; this maskpolicy reads versions 1–2: upgrade"),
+    (lambda p: p["schema"].update(version=99), "schema 99; this maskpolicy reads versions 1–3: upgrade"),
     (lambda p: p["schema"].update(command="train"), "unknown command 'train'"),
     (lambda p: p["downstream"].update(dev_exact=1.0), r"results.json.downstream: unknown key\(s\) \['dev_exact'\]"),
     (lambda p: p.pop("seed"), r"missing key\(s\) \['seed'\]"),

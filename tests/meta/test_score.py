@@ -73,7 +73,7 @@ def test_exhaustive_scoring_of_a_tractable_task_is_exact(tmp_path, task):
     assert (tmp_path / "per_rate.png").stat().st_size > 10_000
     written = json.loads((tmp_path / "results.json").read_text())
     assert set(written) == RESULTS_KEYS and written["exact_lml"] == results.exact_lml
-    assert written["schema"] == {"command": "score", "version": 2}
+    assert written["schema"] == {"command": "score", "version": 3}
     assert load(tmp_path, ScoreResults) == dataclasses.replace(results, versions=written["versions"])
 
 

@@ -1,4 +1,11 @@
-"""Running an estimator's design through a masked predictor: the estimate, its error and its per-rate curve."""
+"""Running an estimator's design through a masked predictor: the estimate, its error and its per-rate curve.
+
+Masks are drawn among each row's *scored* positions only; every other position stays visible to
+the predictor. With a target set A of positions scored and the rest x_R visible, the chain rule
+gives ``log p(x_A | x_R) = Σ_{m=1..|A|} S_m`` (S_m now conditions on x_R as well), exactly when
+the conditionals come from one joint. A row with no scored position contributes an exact 0
+(``log p(∅ | x) = 0``) and is counted in ``empty_sequences``.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +29,8 @@ class MaskedPredictor(Protocol):
     Called with ``inputs`` ``[N, L, ...]`` (one row per mask; repeated rows of the same
     sequence) and ``masks`` ``Bool[N, L]``; returns ``Float[N, L]`` holding
     ``log p(x_j | x_{not M})`` at every masked position ``j`` (other entries are ignored).
-    Each masked position is scored on its own given the same observed set.
+    Each masked position is scored on its own given the same observed set: every position
+    outside ``M``, scored or not, is visible.
     """
 
     def __call__(self, inputs: Tensor, masks: Tensor) -> Tensor: ...
@@ -47,7 +55,8 @@ class MLLEstimate:
 
     ``per_sequence`` keeps autograd history when the predictor has one, so an
     estimate can be an objective. ``variance`` is NaN for a sequence whose design
-    gave a stratum fewer than two random draws.
+    gave a stratum fewer than two random draws. ``lengths`` is each row's number of
+    scored (target) positions, 0 for a row that adds 0; ``target`` names those positions.
     """
 
     estimator: str
@@ -56,6 +65,7 @@ class MLLEstimate:
     lengths: Tensor
     forward_passes: int
     curve: RateCurve
+    target: str = "all"
 
     @property
     def total(self) -> float:
@@ -70,7 +80,12 @@ class MLLEstimate:
         return int(self.lengths.sum())
 
     @property
+    def empty_sequences(self) -> int:
+        return int((self.lengths == 0).sum())
+
+    @property
     def nats_per_token(self) -> float:
+        """Per scored (target) token."""
         return self.total / self.tokens
 
     @property
@@ -99,6 +114,8 @@ class MLLEstimate:
             "forward_passes": self.forward_passes,
             "forward_passes_per_sequence": self.forward_passes / n,
             "per_rate": asdict(self.curve.record()),
+            "target": self.target,
+            "empty_sequences": self.empty_sequences,
         }
 
     def score(self, seconds: float | None = None) -> MLLScore:
@@ -107,7 +124,8 @@ class MLLEstimate:
         return MLLScore(estimator=self.estimator, estimate=mean["estimate"], stderr=mean["stderr"],
                         nats_per_token=self.nats_per_token, bits_per_token=self.bits_per_token, reduction="mean",
                         forward_passes=self.forward_passes, sequences=mean["sequences"], tokens=self.tokens,
-                        per_rate=self.curve.record(), seconds=seconds)
+                        per_rate=self.curve.record(), seconds=seconds, target=self.target,
+                        empty_sequences=self.empty_sequences)
 
 
 def estimate_mll(
@@ -118,28 +136,32 @@ def estimate_mll(
     generator: torch.Generator | None = None,
     batch_size: int = 1024,
     curve_bins: int = 20,
+    target: str = "all",
 ) -> MLLEstimate:
     """Estimates Σ_m S_m(x) for every row of ``inputs`` with one predictor.
 
     Args:
         predictor: see :class:`MaskedPredictor`.
         inputs: ``[B, L, ...]`` sequences (token ids, or real vectors with ``L`` = D).
-        scored: ``Bool[B, L]`` positions that count (not padding or special tokens);
-            all positions when ``None``. Each row's D is its number of scored positions.
+        scored: ``Bool[B, L]`` positions that count (not padding or special tokens; a target
+            set); all positions when ``None``. Each row's D is its number of scored positions.
+            Masks never cover an unscored position, so those are always visible: the sum is
+            then ``log p(x_scored | x_unscored)``. A row with D = 0 adds 0; some row needs D > 0.
         estimator: which masks, e.g. ``Stratified(passes=200)`` (see :mod:`.estimators`).
         generator: seeds the masks; a fresh seed-0 generator when ``None``.
         batch_size: masked rows per predictor call; masks of several sequences share calls.
         curve_bins: when rows differ in D, the S_m curve is averaged in this many rate bins.
+        target: names the scored positions in the estimate and its errors (``score.target``).
     """
     _check_estimator(estimator)
-    scored = _check_inputs(inputs, scored)
+    scored = _check_inputs(inputs, scored, target)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     lengths = scored.sum(1)
     layout = _lay_out(estimator, scored, lengths, generator)
     values = _masked_means(predictor, inputs, layout.rows, layout.masks, batch_size)
     per_sequence, variance = _combine(values, layout, len(inputs))
     curve = _curve(values.detach(), layout.masks.sum(1), layout.rows, lengths, curve_bins)
-    return MLLEstimate(estimator.name, per_sequence, variance, lengths, len(layout.rows), curve)
+    return MLLEstimate(estimator.name, per_sequence, variance, lengths, len(layout.rows), curve, target)
 
 
 def _check_estimator(estimator: Estimator) -> None:
@@ -150,7 +172,7 @@ def _check_estimator(estimator: Estimator) -> None:
         raise MLLError(f"estimator must be an Estimator (a name and a design method), got {estimator!r}")
 
 
-def _check_inputs(inputs: Tensor, scored: Tensor | None) -> Tensor:
+def _check_inputs(inputs: Tensor, scored: Tensor | None, target: str) -> Tensor:
     if inputs.dim() < 2 or inputs.shape[0] == 0:
         shape = tuple(inputs.shape)
         raise MLLError(f"inputs must be [batch, length, ...] with at least one sequence, got shape {shape}")
@@ -158,10 +180,10 @@ def _check_inputs(inputs: Tensor, scored: Tensor | None) -> Tensor:
         scored = torch.ones(inputs.shape[:2], dtype=torch.bool)
     if scored.shape != inputs.shape[:2] or scored.dtype != torch.bool:
         raise MLLError(f"scored must be Bool{list(inputs.shape[:2])}, got {scored.dtype} {list(scored.shape)}")
-    empty = (scored.sum(1) == 0).nonzero().flatten()
-    if len(empty):
+    if not scored.any():
         raise MLLError(
-            f"sequence {int(empty[0])} has no positions to score (D = 0); drop empty sequences "
+            f"no sequence has a position to score for target {target!r} (D = 0 in all {len(scored)} rows); "
+            "choose a target these sequences contain (score.target=all scores every ordinary token) "
             "or check the special-token and padding masks"
         )
     return scored
@@ -180,10 +202,13 @@ class _Layout:
 
 
 def _lay_out(estimator: Estimator, scored: Tensor, lengths: Tensor, generator: torch.Generator) -> _Layout:
-    """One design per distinct D, shared by the sequences of that length (masks drawn independently)."""
+    """One design per distinct D > 0, shared by the sequences of that length (masks drawn independently).
+
+    Rows with D = 0 get no masks, no strata, and so a per-sequence value of exactly 0.
+    """
     rows, masks, strata, owners, widths, exacts = [], [], [], [], [], []
     offset = 0
-    for length in lengths.unique().tolist():
+    for length in lengths[lengths > 0].unique().tolist():
         members = (lengths == length).nonzero().flatten()
         design = estimator.design(length, len(members), generator)
         copies, per_sequence, _ = design.masks.shape
@@ -242,9 +267,10 @@ def _combine(values: Tensor, layout: _Layout, n: int) -> tuple[Tensor, Tensor]:
 
 
 def _curve(values: Tensor, sizes: Tensor, rows: Tensor, lengths: Tensor, bins: int) -> RateCurve:
-    """S_m averaged over sequences: by m when every D is equal, else in rate bins."""
-    if bool((lengths == lengths[0]).all()):
-        length = int(lengths[0])
+    """S_m averaged over the non-empty sequences: by m when their D are equal, else in rate bins."""
+    present = lengths[lengths > 0]
+    if bool((present == present[0]).all()):
+        length = int(present[0])
         # per (sequence, m) means first, so a sequence with more draws at m does not weigh more
         keys = rows * length + sizes - 1
         pair_sum = torch.zeros(len(lengths) * length, dtype=torch.float64).index_add_(0, keys, values)

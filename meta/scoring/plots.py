@@ -16,11 +16,13 @@ def rate_curve_figure(
     exact_per_token: float | None = None,
     estimate_per_token: float | None = None,
     fixed_rates: Sequence[FixedRatePoint] = (),
+    exact_label: str = "exact log p(x)/D",
 ) -> Figure:
     """S_m (nats/token) against the masking rate m/D, with reference lines.
 
     The exact log p(x)/D is the mean height of the curve; a fixed-rate estimate D·S_m
     is the curve's height at one rate, so its distance from the exact line is its bias.
+    ``exact_label`` names the exact value (a targeted score's is log p(x_A | x_rest)/|A|).
     """
     figure = Figure(figsize=(6.4, 4.0), dpi=120)
     FigureCanvasAgg(figure)  # a canvas of its own: no pyplot state, no display needed
@@ -28,7 +30,7 @@ def rate_curve_figure(
     drawn = [(rate, value) for rate, value in zip(curve.rate, curve.S, strict=True) if value is not None]
     axis.plot(*zip(*drawn, strict=True), marker="o", markersize=3, label="S_m (per-rate mean log-prob)")
     if exact_per_token is not None:
-        axis.axhline(exact_per_token, color="black", linestyle="--", label=f"exact log p(x)/D = {exact_per_token:.4f}")
+        axis.axhline(exact_per_token, color="black", linestyle="--", label=f"{exact_label} = {exact_per_token:.4f}")
     if estimate_per_token is not None:
         axis.axhline(estimate_per_token, color="tab:green", linestyle=":",
                      label=f"cumulative estimate/D = {estimate_per_token:.4f}")

@@ -10,9 +10,11 @@ from transformers import PreTrainedModel
 class MaskedLMPredictor:
     """``log p(x_j | x_{not M})`` from a Hugging Face masked LM, for every masked ``j`` in one pass.
 
-    Masked positions are replaced by ``mask_token_id``; padding (``pad_token_id``) is
-    excluded from attention and trimmed off when a whole chunk ends in it (rows of
-    similar length arrive together). Runs without autograd, on the model's device.
+    Masked positions are replaced by ``mask_token_id``; every other position, scored or
+    not (the non-target tokens of a targeted score, special tokens), keeps its token and
+    is visible. Padding (``pad_token_id``) is excluded from attention and trimmed off when
+    a whole chunk ends in it (rows of similar length arrive together). Runs without
+    autograd, on the model's device.
     """
 
     def __init__(self, model: PreTrainedModel, mask_token_id: int, pad_token_id: int | None = None) -> None:

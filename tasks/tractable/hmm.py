@@ -83,10 +83,16 @@ class HMMTask:
         """The task's sequences, ``Long[n_sequences, length]`` (a copy)."""
         return self._data.clone()
 
-    def log_likelihood(self, data: Tensor) -> Tensor:
-        """Exact ``log p(x)`` per row of ``Long[B, T]`` (any T ≥ 1) by the forward algorithm, ``Float64[B]``."""
+    def log_likelihood(self, data: Tensor, observed: Tensor | None = None) -> Tensor:
+        """Exact ``log p(x_O)`` per row of ``Long[B, T]`` (any T ≥ 1) by the forward algorithm, ``Float64[B]``.
+
+        ``observed`` ``Bool[B, T]`` is O (every position when ``None``); the other positions
+        are missing observations, summed out (emission factor 1). Nothing observed gives 0.
+        """
         data = self._check_symbols(data, "data")
-        log_emit = self._log_emission(data, torch.zeros_like(data, dtype=torch.bool))
+        observed = torch.ones_like(data, dtype=torch.bool) if observed is None else observed
+        self._check_mask(observed, data, "observed")
+        log_emit = self._log_emission(data, ~observed)
         return (self._forward(log_emit)[:, -1] + log_emit[:, -1]).logsumexp(-1)
 
     def masked_log_probs(self, inputs: Tensor, masks: Tensor) -> Tensor:
@@ -95,12 +101,11 @@ class HMMTask:
         ``inputs`` ``Long[N, T]``, ``masks`` ``Bool[N, T]``. Masked positions are missing
         observations (emission factor 1), so at a masked ``j`` forward × backward is
         ``p(z_j, x_{not M})``: the posterior over the hidden state there, which then emits
-        ``x_j``. Unmasked entries are 0.
+        ``x_j``. Every unmasked position is observed, whether the estimator scores it or not.
+        Unmasked entries are 0.
         """
         inputs = self._check_symbols(inputs, "inputs")
-        if not isinstance(masks, Tensor) or masks.dtype != torch.bool or masks.shape != inputs.shape:
-            found = f"{masks.dtype} {list(masks.shape)}" if isinstance(masks, Tensor) else type(masks).__name__
-            raise TaskError(f"masks must be Bool{list(inputs.shape)} like the inputs, got {found}")
+        self._check_mask(masks, inputs, "masks")
         log_emit = self._log_emission(inputs, masks)
         joint = self._forward(log_emit) + log_emit + self._backward(log_emit)
         posterior = joint - joint.logsumexp(-1, keepdim=True)
@@ -162,6 +167,12 @@ class HMMTask:
             beta[:, t] = message
             message = (log_transition + (log_emit[:, t] + message)[:, None, :]).logsumexp(2)
         return beta
+
+    @staticmethod
+    def _check_mask(mask: Tensor, symbols: Tensor, what: str) -> None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != symbols.shape:
+            found = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+            raise TaskError(f"{what} must be Bool{list(symbols.shape)} like the symbols, got {found}")
 
     def _check_symbols(self, symbols: Tensor, what: str) -> Tensor:
         """``symbols`` as ``Long[B, T]`` after checking it holds integer ids in ``[0, V)``."""

@@ -34,14 +34,28 @@ class PPCA:
         noise = torch.exp(2 * self.log_noise) * torch.eye(self.dim, dtype=self.mean.dtype)
         return self.loadings @ self.loadings.T + noise
 
-    def log_likelihood(self, data: Tensor) -> Tensor:
-        """Exact ``log p(x)`` per row of ``data`` ``[B, D]`` → ``[B]``."""
+    def log_likelihood(self, data: Tensor, observed: Tensor | None = None) -> Tensor:
+        """Exact ``log p(x_O)`` per row of ``data`` ``[B, D]`` → ``[B]``; ``observed`` ``Bool[B, D]`` is O (all: None).
+
+        The marginal of the observed coordinates is N(μ_O, C_OO). Each row's C_OO is
+        embedded in an identity matrix and its unobserved coordinates set to their mean,
+        so the padding adds exactly (D − |O|)/2 · log 2π, which is taken back off; rows
+        with nothing observed give 0.
+        """
         _check_data(data, self.dim)
-        distribution = torch.distributions.MultivariateNormal(self.mean, self.covariance())
-        return distribution.log_prob(data)
+        if observed is None:
+            return torch.distributions.MultivariateNormal(self.mean, self.covariance()).log_prob(data)
+        _check_observed(observed, data)
+        pair = observed[:, :, None] & observed[:, None, :]
+        block = torch.where(pair, self.covariance(), torch.eye(self.dim, dtype=self.mean.dtype))
+        centred = torch.where(observed, data - self.mean, 0.0)
+        padded = torch.distributions.MultivariateNormal(torch.zeros_like(self.mean), block).log_prob(centred)
+        return padded + 0.5 * LOG_2PI * (~observed).sum(1, dtype=padded.dtype)
 
     def masked_log_probs(self, inputs: Tensor, masks: Tensor) -> Tensor:
         """``log p(x_j | x_{not M})`` at every masked ``j``; ``inputs`` ``[N, D]``, ``masks`` ``Bool[N, D]``.
+
+        Every coordinate outside the mask is conditioned on, whether the estimator scores it or not.
 
         Conditioning via the precision Λ = C⁻¹: given the observed set O, the masked
         block has precision Λ_MM and mean μ_M − Λ_MM⁻¹ Λ_MO (x_O − μ_O). The masked
@@ -69,6 +83,12 @@ class PPCA:
 def _check_data(data: Tensor, dim: int) -> None:
     if data.dim() != 2 or data.shape[1] != dim or not data.dtype.is_floating_point:
         raise TaskError(f"PPCA data must be a float tensor [batch, {dim}], got {data.dtype} {list(data.shape)}")
+
+
+def _check_observed(observed: Tensor, data: Tensor) -> None:
+    if not isinstance(observed, Tensor) or observed.dtype != torch.bool or observed.shape != data.shape:
+        found = f"{observed.dtype} {list(observed.shape)}" if isinstance(observed, Tensor) else type(observed).__name__
+        raise TaskError(f"observed must be Bool{list(data.shape)} like the data (None: every coordinate), got {found}")
 
 
 def maximum_likelihood(data: Tensor, latent: int) -> PPCA:
@@ -129,8 +149,9 @@ class PPCATask:
     def data(self) -> Tensor:
         return self._data
 
-    def log_likelihood(self, data: Tensor) -> Tensor:
-        return self.model.log_likelihood(data)
+    def log_likelihood(self, data: Tensor, observed: Tensor | None = None) -> Tensor:
+        """Exact ``log p(x_O)`` per row, ``Float64[B]``; ``observed`` ``Bool[B, D]`` (all when None)."""
+        return self.model.log_likelihood(data, observed)
 
     def masked_log_probs(self, inputs: Tensor, masks: Tensor) -> Tensor:
         return self.model.masked_log_probs(inputs, masks)

@@ -206,9 +206,22 @@ def test_nan_or_positive_infinite_log_probabilities_are_refused(ppca, value, kin
         estimate_mll(lambda x, m: torch.full(m.shape, value), ppca.data(), estimator=PseudoLogLikelihood())
 
 
-def test_a_sequence_with_nothing_to_score_is_refused():
-    scored = torch.tensor([[True, True], [False, False]])
-    with pytest.raises(MLLError, match=r"sequence 1 has no positions to score \(D = 0\)"):
+def test_a_sequence_with_nothing_to_score_adds_zero_and_is_counted():
+    inputs = torch.randn(3, 4, generator=seeded(0), dtype=torch.float64)
+    scored = torch.tensor([[True, True, False, False], [False, False, False, False], [True, True, True, True]])
+    estimate = estimate_mll(standard_normal_predictor, inputs, scored, estimator=Exhaustive())
+    exact = torch.where(scored, torch.distributions.Normal(0.0, 1.0).log_prob(inputs), 0.0).sum(1)
+    assert torch.allclose(estimate.per_sequence, exact, rtol=1e-12) and estimate.per_sequence[1] == 0
+    assert estimate.empty_sequences == 1 and estimate.tokens == 6 and estimate.forward_passes == 3 + 15
+    assert estimate.nats_per_token == pytest.approx(float(exact.sum()) / 6)
+    assert estimate.summary()["sequences"] == 3 and estimate.summary()["empty_sequences"] == 1
+    equal = estimate_mll(standard_normal_predictor, inputs[1:], scored[1:], estimator=Exhaustive())
+    assert equal.curve.sizes == [1, 2, 3, 4]  # the non-empty rows share D = 4: S_m by m
+
+
+def test_a_batch_with_nothing_to_score_is_refused():
+    scored = torch.tensor([[False, False], [False, False]])
+    with pytest.raises(MLLError, match=r"no sequence has a position to score for target 'all' \(D = 0 in all 2 rows\)"):
         estimate_mll(standard_normal_predictor, torch.zeros(2, 2), scored)
     with pytest.raises(MLLError, match="at least one sequence"):
         estimate_mll(standard_normal_predictor, torch.zeros(0, 2))

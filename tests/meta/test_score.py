@@ -17,18 +17,21 @@ from hydra.errors import MissingConfigException
 from test_cli import TINY, TINY_BERT, run_command  # tests/meta is on sys.path (pytest's prepend mode)
 
 import maskpolicy.conf
-from maskpolicy.meta.commands.score import run_score
+from maskpolicy.meta.commands.score import per_rate_title, run_score
 from maskpolicy.meta.config import ConfigError, build
 from maskpolicy.meta.pipeline import setup
 from maskpolicy.meta.results.schema import ScoreResults, load
 from maskpolicy.meta.scoring.estimators import Estimator, FixedRate, MLLError
 from maskpolicy.tasks.base import TaskError
+from maskpolicy.tasks.data.bioworld import BioWorld
+from maskpolicy.tasks.text.tokenization import train_wordpiece
+from maskpolicy.tasks.tractable.hmm import tiny_masked_lm
 
 ESTIMATOR_CONFIGS = sorted(path.stem for path in Path(maskpolicy.conf.__file__).parent.glob("score/estimator/*.yaml"))
 RESULTS_KEYS = {"schema", "task", "seed", "estimator", "estimate", "stderr", "reduction", "nats_per_token",
                 "bits_per_token", "sequences", "tokens", "forward_passes", "forward_passes_per_sequence", "per_rate",
                 "fixed_rates", "exact_lml", "exact_nats_per_token", "relative_error", "checkpoint", "data_file",
-                "wall_seconds", "versions"}
+                "wall_seconds", "versions", "target", "empty_sequences", "positions"}
 
 
 def config(*overrides: str):
@@ -36,14 +39,21 @@ def config(*overrides: str):
         return compose("score", overrides=list(overrides))
 
 
-def independent_ppca_lml(arrays) -> float:
-    """Recomputes Σ log N(x; mean, W Wᵀ + σ² I) with numpy alone, from data.npz."""
+def independent_ppca_lml(arrays, keep=None) -> float:
+    """Recomputes Σ log N(x_K; mean_K, (W Wᵀ + σ² I)_KK) with numpy alone, from data.npz (K: all when None)."""
     x, mean, loadings, noise = arrays["data"], arrays["mean"], arrays["loadings"], float(arrays["noise_std"])
-    covariance = loadings @ loadings.T + noise**2 * np.eye(len(mean))
-    centred = x - mean
+    keep = np.arange(len(mean)) if keep is None else keep
+    covariance = (loadings @ loadings.T + noise**2 * np.eye(len(mean)))[np.ix_(keep, keep)]
+    centred = x[:, keep] - mean[keep]
     _, logdet = np.linalg.slogdet(covariance)
     quadratic = np.einsum("bi,ij,bj->b", centred, np.linalg.inv(covariance), centred)
-    return float(np.sum(-0.5 * (len(mean) * math.log(2 * math.pi) + logdet + quadratic)))
+    return float(np.sum(-0.5 * (len(keep) * math.log(2 * math.pi) + logdet + quadratic)))
+
+
+def independent_target_lml(arrays) -> float:
+    """Σ log p(x_A | x_rest) = Σ log p(x) − Σ log p(x_rest), A being data.npz's scored positions."""
+    rest = np.setdiff1d(np.arange(arrays["data"].shape[1]), arrays["scored_positions"])
+    return independent_ppca_lml(arrays) - independent_ppca_lml(arrays, rest)
 
 
 @pytest.mark.parametrize("name", ESTIMATOR_CONFIGS)
@@ -67,6 +77,7 @@ def test_exhaustive_scoring_of_a_tractable_task_is_exact(tmp_path, task):
     assert results.estimate == pytest.approx(results.exact_lml, rel=1e-8)
     assert results.relative_error < 1e-8 and results.stderr == 0.0
     assert results.reduction == "sum" and results.estimator == "exhaustive"
+    assert (results.target, results.empty_sequences, results.positions) == ("all", 0, None)
     assert results.forward_passes == 200 * (2**8 - 1) and results.forward_passes_per_sequence == 2**8 - 1
     assert len(results.per_rate.S) == 8 and results.per_rate.m == list(range(1, 9))
     assert results.task.name == task and results.task.params["n_sequences"] == 200 and results.data_file is None
@@ -75,6 +86,65 @@ def test_exhaustive_scoring_of_a_tractable_task_is_exact(tmp_path, task):
     assert set(written) == RESULTS_KEYS and written["exact_lml"] == results.exact_lml
     assert written["schema"] == {"command": "score", "version": 3}
     assert load(tmp_path, ScoreResults) == dataclasses.replace(results, versions=written["versions"])
+
+
+@pytest.mark.parametrize("task", ["ppca", "hmm"])
+def test_a_positions_target_is_scored_exactly_against_the_conditional_log_likelihood(tmp_path, task):
+    results = run_score(config(f"task={task}", "score/estimator=exhaustive", "score.target=positions",
+                               "score.positions=[6,1,4]", "score.fixed_rates=[0.34]"), tmp_path, task)
+    assert results.relative_error < 1e-8 and results.estimate == pytest.approx(results.exact_lml, rel=1e-8)
+    assert (results.target, results.positions, results.empty_sequences) == ("positions", [1, 4, 6], 0)
+    assert results.tokens == 200 * 3 and results.forward_passes == 200 * 7 and results.per_rate.m == [1, 2, 3]
+    assert results.exact_nats_per_token == pytest.approx(results.exact_lml / 600)
+    (point,) = results.fixed_rates
+    assert point.rate_used == 1 / 3 and point.bias_total > 0  # D·S_1 over-estimates, as over all positions
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert (written["target"], written["positions"], written["empty_sequences"]) == ("positions", [1, 4, 6], 0)
+    assert per_rate_title(task, results) == f"{task}: S_m, exhaustive estimator, target positions [1, 4, 6]"
+    single = run_score(config(f"task={task}", "score.target=positions", "score.positions=5", "score.plot=false",
+                              "score.fixed_rates=[]"), tmp_path / "single", task)
+    assert single.positions == [5] and single.tokens == 200 and single.stderr < 1e-12  # one mask: no spread
+
+
+def test_saved_data_tells_a_recomputation_the_target(tmp_path):
+    results = run_score(config("task.save_data=true", "score/estimator=exhaustive", "score.target=positions",
+                               "score.positions=[0,5]", "score.plot=false"), tmp_path / "a", "ppca")
+    with np.load(tmp_path / "a/data.npz", allow_pickle=False) as arrays:
+        assert str(arrays["target"]) == "positions" and arrays["scored_positions"].tolist() == [0, 5]
+        assert independent_target_lml(arrays) == pytest.approx(results.exact_lml, rel=1e-10)
+        assert independent_target_lml(arrays) == pytest.approx(results.estimate, rel=1e-8)
+    everything = run_score(config("task.save_data=true", "score.plot=false"), tmp_path / "b", "ppca")
+    with np.load(tmp_path / "b/data.npz", allow_pickle=False) as arrays:
+        assert str(arrays["target"]) == "all" and arrays["scored_positions"].tolist() == list(range(8))
+        assert independent_target_lml(arrays) == pytest.approx(everything.exact_lml, rel=1e-10)
+
+
+@pytest.fixture(scope="module")
+def saved_masked_lm(tmp_path_factory) -> Path:
+    """A tiny untrained masked LM and a tokenizer trained on a 20-person bioworld, saved like a run's pretrained/."""
+    world = BioWorld(n_people=20)
+    tokenizer = train_wordpiece([d.text for d in (*world.corpus(), *world.heldout())], vocab_size=300)
+    path = tmp_path_factory.mktemp("pretrained")
+    tiny_masked_lm(len(tokenizer), seed=0, max_length=128).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_text_targets_score_only_their_tokens(tmp_path, saved_masked_lm):
+    def score(target: str) -> ScoreResults:
+        cfg = config("task=bioworld", "task.n_people=20", "score.passes=4", f"score.checkpoint={saved_masked_lm}",
+                     "score.fixed_rates=[]", f"score.target={target}", "score.plot=false")
+        return run_score(cfg, tmp_path / target, "bioworld")
+
+    everything, entities, answers = score("all"), score("entities"), score("answers")
+    assert everything.sequences == entities.sequences == 20 and entities.empty_sequences == 0
+    assert everything.tokens > entities.tokens > 20 * 6  # every biography names its person and six values
+    assert answers.sequences == len({q.context for q in BioWorld(n_people=20).qa("dev")}) == 5
+    assert 0 < answers.tokens < entities.tokens and answers.target == "answers" and answers.positions is None
+    assert json.loads((tmp_path / "entities/results.json").read_text())["target"] == "entities"
+    for results in (everything, entities, answers):
+        assert results.nats_per_token == pytest.approx(results.estimate / results.tokens)
+        assert results.forward_passes == 4 * results.sequences and results.exact_lml is None
 
 
 def test_fixed_rate_points_report_their_bias(tmp_path):
@@ -118,6 +188,7 @@ def test_the_command_writes_data_anyone_can_rescore(tmp_path):
         assert independent_ppca_lml(arrays) == pytest.approx(results["exact_lml"], rel=1e-10)
     assert results["data_file"] == "data.npz" and results["task"]["name"] == "ppca"
     assert results["estimator"] == "exhaustive" and (tmp_path / "per_rate.png").exists()
+    assert results["target"] == "all" and results["positions"] is None
 
 
 @pytest.mark.slow
@@ -136,6 +207,11 @@ def test_a_pretrained_checkpoint_is_scored_on_held_out_text(tmp_path):
     (point,) = results.fixed_rates
     assert point.rate == point.rate_used == 0.15 and point.bias_total is None and point.forward_passes == 40 * 16
     assert (tmp_path / "score/per_rate.png").exists()
+    entities = run_score(config("task=bioworld", "task.n_people=40", "task.biographies_per_person=2",
+                                "score.passes=16", f"score.checkpoint={tmp_path / 'run/pretrained'}",
+                                "score.fixed_rates=[]", "score.target=entities"), tmp_path / "entities", "bioworld")
+    assert entities.target == "entities" and entities.sequences == 40 and entities.empty_sequences == 0
+    assert 0 < entities.tokens < results.tokens and entities.forward_passes == 40 * 16
 
 
 def test_bad_input_fails_before_any_work(tmp_path):
@@ -143,7 +219,7 @@ def test_bad_input_fails_before_any_work(tmp_path):
         config("score/estimator=best")
     with pytest.raises(ConfigError, match="could not build the score estimator"):
         run_score(config("score.estimator=exhaustive"), tmp_path, "ppca")  # a name where a config group goes
-    with pytest.raises(ConfigError, match="score estimator from its config: score.passes must be ≥ 2"):
+    with pytest.raises(MLLError, match="score estimator: score.passes must be ≥ 2"):
         run_score(config("score.passes=1"), tmp_path, "ppca")
     with pytest.raises(MLLError, match=r"score.rate \(and each of score.fixed_rates\) must be in \(0, 1\], got 1.5"):
         run_score(config("score.fixed_rates=[0.15,1.5]"), tmp_path, "ppca")
@@ -155,6 +231,17 @@ def test_bad_input_fails_before_any_work(tmp_path):
         run_score(config("task=bioworld", "task.n_people=20"), tmp_path, "bioworld")
     with pytest.raises(ConfigError, match="could not load a masked LM"):
         run_score(config("task=bioworld", "task.n_people=20", f"score.checkpoint={tmp_path / 'nothing'}"),
+                  tmp_path, "bioworld")
+    with pytest.raises(MLLError, match="unknown score.target 'facts'"):
+        run_score(config("score.target=facts"), tmp_path, "ppca")
+    with pytest.raises(MLLError, match="score.target=entities needs text with spans; tractable task 'hmm' has none"):
+        run_score(config("task=hmm", "score.target=entities"), tmp_path, "hmm")
+    with pytest.raises(MLLError, match=r"score.positions \[8\] lie outside the sequences' 8 positions"):
+        run_score(config("score.target=positions", "score.positions=[1,8]", "task.save_data=true"), tmp_path, "ppca")
+    with pytest.raises(MLLError, match="score.positions is set but score.target=all"):
+        run_score(config("score.positions=[1]"), tmp_path, "ppca")
+    with pytest.raises(MLLError, match="for text task 'bioworld' use score.target=entities, answers or all"):
+        run_score(config("task=bioworld", "task.n_people=20", "score.target=positions", "score.positions=[1]"),
                   tmp_path, "bioworld")
     assert list(tmp_path.iterdir()) == []
 

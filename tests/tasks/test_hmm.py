@@ -79,6 +79,27 @@ def test_masked_conditionals_are_distributions_over_the_symbols(task):
     torch.testing.assert_close(log_probs[:, 3].exp().sum(), torch.tensor(1.0, dtype=torch.float64))
 
 
+@pytest.mark.parametrize(
+    "observed",
+    [[True, True, True, True, True], [False, True, False, True, True], [False, False, True, False, False],
+     [True, False, False, False, True], [False, False, False, False, False]],
+)
+def test_marginal_likelihood_matches_summing_the_unobserved_symbols_out(observed):
+    small = HMMTask(n_states=2, n_symbols=3, length=5, n_sequences=4, seed=5)
+    data, observed = small.data(), torch.tensor(observed)
+    missing = (~observed).nonzero().flatten()
+    fills = torch.tensor(list(itertools.product(range(small.n_symbols), repeat=len(missing))), dtype=torch.long)
+    for x, fast in zip(data, small.log_likelihood(data, observed.expand(len(data), -1).clone()), strict=True):
+        completions = x.repeat(len(fills), 1)
+        completions[:, missing] = fills.view(len(fills), len(missing))
+        torch.testing.assert_close(fast, brute_log_joint(small, completions).logsumexp(0), rtol=0, atol=1e-12)
+
+
+def test_a_bad_observed_mask_is_refused(task):
+    with pytest.raises(TaskError, match=r"observed must be Bool\[200, 8\] like the symbols"):
+        task.log_likelihood(task.data(), torch.ones(200, 7, dtype=torch.bool))
+
+
 # -- the cumulative identity and the estimators ------------------------------------
 
 

@@ -55,6 +55,38 @@ def test_masked_conditionals_match_gaussian_conditioning(task):
         assert (log_probs[row][~masks[row]] == 0).all()
 
 
+def test_marginal_log_likelihood_is_the_gaussian_density_of_the_observed_coordinates(task):
+    x = task.data()[:12]
+    observed = torch.rand(12, 6, generator=torch.Generator().manual_seed(1)) < 0.5
+    observed[0], observed[1] = False, True
+    observed[2] = torch.tensor([False, False, True, False, False, False])
+    marginal = task.log_likelihood(x, observed)
+    covariance, mean = task.model.covariance().numpy(), task.model.mean.numpy()
+    for row in range(12):
+        kept = observed[row].numpy()
+        centred = x[row].numpy()[kept] - mean[kept]
+        block = covariance[np.ix_(kept, kept)]
+        _, logdet = np.linalg.slogdet(block) if kept.any() else (1.0, 0.0)
+        quadratic = centred @ np.linalg.solve(block, centred) if kept.any() else 0.0
+        expected = -0.5 * (kept.sum() * math.log(2 * math.pi) + logdet + quadratic)
+        assert float(marginal[row]) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert marginal[0] == 0 and torch.allclose(marginal[1], task.log_likelihood(x[1:2])[0], rtol=1e-12)
+
+
+def test_the_conditional_of_a_target_is_the_joint_minus_the_marginal_of_the_rest(task):
+    x, target = task.data()[:5], torch.tensor([False, True, False, False, True, False])
+    conditional = task.log_likelihood(x) - task.log_likelihood(x, ~target.expand(5, -1))
+    # chain rule by hand: log p(x_1 | x_rest) + log p(x_4 | x_rest, x_1)
+    first = torch.stack([conditioned_by_covariance(task.model, row, target)[0] for row in x])
+    second = torch.stack([conditioned_by_covariance(task.model, row, torch.arange(6) == 4)[0] for row in x])
+    torch.testing.assert_close(conditional, first + second, rtol=1e-10, atol=0)
+
+
+def test_a_bad_observed_mask_is_refused(task):
+    with pytest.raises(TaskError, match=r"observed must be Bool\[3, 6\] like the data"):
+        task.log_likelihood(task.data()[:3], torch.ones(3, 6))
+
+
 def test_maximum_likelihood_beats_the_true_parameters_and_is_stationary(task):
     data = task.data()
     best = maximum_likelihood(data, latent=2)

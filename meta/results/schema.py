@@ -7,7 +7,8 @@ key) into the right class. Nothing else in the project reads ``results.json`` by
 Schema versions: 1 — the records before this module (same keys, no ``schema`` field);
 2 — adds ``schema``; trial records of a search hold no test metrics (``test_em``/``test_f1``
 are null when a run never touched the test split); 3 — targeted scores (``target`` and
-``empty_sequences`` of a score, ``mll_targets`` of a run) and the ``base`` a run started from.
+``empty_sequences`` of a score, ``mll_targets`` of a run), the ``base`` a run started from, and the
+pre-training ``probe`` curve.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ class PretrainStats:
     masked_tokens: int
     final_loss: float | None
     rows: int | None = None
+    probe: list[list[float]] = field(default_factory=list)   # [step, value] of the pre-training probe, in order
+    probe_target: str | None = None
+    probe_seconds: float | None = None
 
 
 @dataclass(frozen=True)

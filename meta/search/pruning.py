@@ -1,17 +1,23 @@
-"""Optuna pruning for a ``pytorch_lightning`` fit.
+"""Optuna pruning for a ``pytorch_lightning`` fit: during fine-tuning and during pre-training.
 
 Optuna's own Lightning callback (in ``optuna-integration``) is written for the
 ``lightning.pytorch`` namespace, a package this project neither installs nor mixes
 with the ``pytorch_lightning`` it trains with.
 
-How a pruned trial ends: after a validation epoch whose value the pruner rejects, the
-callback asks the trainer to stop (``trainer.should_stop``, as early stopping does), so
-the epoch's checkpoints and logs are written as usual; when the fit ends it raises
-:class:`optuna.TrialPruned`. Lightning re-raises any exception from ``trainer.fit``
-after calling ``on_exception`` hooks and finalising its loggers (status ``"failed"``; the
-``teardown`` hooks do not run), so ``study.optimize`` records the trial as pruned. ``min_epochs`` still holds: a trial
-pruned earlier trains until then. The step reported is the epoch; with several
-validations per epoch (``val_check_interval`` < 1) Optuna keeps the first of each epoch.
+Two callbacks report to one trial on one step axis: :class:`ProbePruning` reports the
+pre-training probe at pre-training steps ``k, 2k, …``; :class:`OptunaPruning` reports the
+objective's monitor after each fine-tuning epoch at step ``pretrain.steps + epoch``. A
+pruner compares trials step by step, so each step holds one kind of value across trials.
+
+How a pruned trial ends: when the pruner rejects a value, the callback asks the trainer
+to stop (``trainer.should_stop``, as early stopping does), so checkpoints and logs are
+written as usual; when the fit ends it raises :class:`optuna.TrialPruned`. Lightning
+re-raises any exception from ``trainer.fit`` after calling ``on_exception`` hooks and
+finalising its loggers, so ``study.optimize`` records the trial as pruned. ``min_epochs``
+still holds: a trial pruned earlier trains until then. With several validations per
+epoch (``val_check_interval`` < 1) Optuna keeps the first of each epoch. A pruned trial
+never resumes: Optuna's multi-fidelity pruners (successive halving, Hyperband) decide at
+each rung whether a running trial goes on, so a promoted trial simply keeps training.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import optuna
 import pytorch_lightning as pl
 from optuna.study import StudyDirection
 
+from maskpolicy.meta.scoring.probe import ScoreProbe
 from maskpolicy.meta.search.engines import SearchConfigError
 
 DIRECTIONS = {"max": StudyDirection.MAXIMIZE, "min": StudyDirection.MINIMIZE}
@@ -32,31 +39,28 @@ class OptunaPruning(pl.Callback):
         trial: the running trial (an ``optuna.trial.FixedTrial`` never prunes).
         monitor: the logged metric to report, e.g. ``"dev/em"``.
         mode: ``"max"`` or ``"min"``: which way the metric improves; it must match the study's direction.
+        step_offset: added to the epoch to make the reported step, so that a trial that already
+            reported pre-training steps 0 … ``step_offset`` − 1 keeps one increasing step axis.
     """
 
-    def __init__(self, trial: optuna.trial.BaseTrial, monitor: str = "dev/em", mode: str = "max") -> None:
+    def __init__(self, trial: optuna.trial.BaseTrial, monitor: str = "dev/em", mode: str = "max",
+                 step_offset: int = 0) -> None:
         super().__init__()
         if mode not in DIRECTIONS:
             raise SearchConfigError(f"mode must be 'max' or 'min', got {mode!r}")
         _check_direction(trial, monitor, DIRECTIONS[mode])
-        self.trial, self.monitor, self.mode = trial, monitor, mode
-        self.pruned_epoch: int | None = None
+        self.trial, self.monitor, self.mode, self.step_offset = trial, monitor, mode, step_offset
+        self.pruned_at: int | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.pruned_epoch is not None:
+        if trainer.sanity_checking or self.pruned_at is not None:
             return
-        epoch = trainer.current_epoch
-        should_prune = False
-        if trainer.is_global_zero:  # one report per epoch, from the process that owns the trial
-            self.trial.report(self._value(trainer), step=epoch)
-            should_prune = self.trial.should_prune()
-        if trainer.strategy.broadcast(should_prune, src=0):
-            self.pruned_epoch = epoch
-            trainer.should_stop = True
+        if _report(self.trial, trainer, self._value(trainer), self.step_offset + trainer.current_epoch):
+            self.pruned_at = trainer.current_epoch
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.pruned_epoch is not None:
-            raise optuna.TrialPruned(f"trial pruned at epoch {self.pruned_epoch} ({self.monitor})")
+        if self.pruned_at is not None:
+            raise optuna.TrialPruned(f"trial pruned at epoch {self.pruned_at} ({self.monitor})")
 
     def _value(self, trainer: pl.Trainer) -> float:
         metrics = trainer.callback_metrics
@@ -66,6 +70,46 @@ class OptunaPruning(pl.Callback):
                 f"{', '.join(sorted(metrics)) or 'none'}. Log it in validation_step or set monitor"
             )
         return float(metrics[self.monitor])
+
+
+class ProbePruning(pl.Callback):
+    """Pruning during pre-training: reports each value a :class:`~maskpolicy.meta.scoring.probe.ScoreProbe`
+    measures (step = the pre-training step) and stops pre-training when the pruner gives the trial up.
+
+    The probe must come before this callback in the trainer's list (it measures in the same hook).
+    Its score improves upwards, so the study must maximise.
+    """
+
+    def __init__(self, trial: optuna.trial.BaseTrial, probe: ScoreProbe) -> None:
+        super().__init__()
+        _check_direction(trial, probe.name, StudyDirection.MAXIMIZE)
+        self.trial, self.probe = trial, probe
+        self.pruned_at: int | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        value = self.probe.latest(trainer.global_step)
+        if value is None or self.pruned_at is not None:
+            return
+        if _report(self.trial, trainer, value, trainer.global_step):
+            self.pruned_at = trainer.global_step
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.pruned_at is not None:
+            raise optuna.TrialPruned(f"trial pruned at pre-training step {self.pruned_at} ({self.probe.name})")
+
+
+def _report(trial: optuna.trial.BaseTrial, trainer: pl.Trainer, value: float, step: int) -> bool:
+    """Reports ``value`` at ``step`` (from the process that owns the trial); True, with the fit told to stop, when the
+    pruner gives the trial up. Every rank stops together."""
+    should_prune = False
+    if trainer.is_global_zero:
+        trial.report(value, step=step)
+        should_prune = trial.should_prune()
+    if trainer.strategy.broadcast(should_prune, src=0):
+        trainer.should_stop = True
+        return True
+    return False
 
 
 def _check_direction(trial: optuna.trial.BaseTrial, monitor: str, direction: StudyDirection) -> None:

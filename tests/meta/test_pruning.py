@@ -14,7 +14,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from maskpolicy.meta.search.engines import SearchConfigError
-from maskpolicy.meta.search.pruning import OptunaPruning
+from maskpolicy.meta.search.pruning import OptunaPruning, ProbePruning
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SANITY_VALUE = -1.0  # what the sanity check logs: a report of it would be pruned at once
@@ -100,3 +100,55 @@ def test_a_study_going_the_other_way_is_refused_before_training():
         OptunaPruning(study.ask(), monitor="dev/em", mode="max")
     with pytest.raises(SearchConfigError, match="mode must be 'max' or 'min'"):
         OptunaPruning(study.ask(), mode="maximise")
+
+
+class ScriptedProbe:
+    """Stands in for a ScoreProbe: a value every 2 steps, falling by 0.1 each time (0.5, 0.4, 0.3, …)."""
+
+    name = "probe/entities"
+
+    def latest(self, step: int) -> float | None:
+        return 0.6 - 0.05 * step if step and step % 2 == 0 else None
+
+
+def step_trainer(callbacks, tmp_path, max_steps: int = 20) -> pl.Trainer:
+    return pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, callbacks=callbacks,
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                      limit_val_batches=0, default_root_dir=tmp_path)
+
+
+def fit_steps(trainer: pl.Trainer) -> pl.Trainer:
+    trainer.fit(LinearModel(), train_dataloaders=DataLoader(loader().dataset, batch_size=2))  # 8 steps an epoch
+    return trainer
+
+
+def test_pre_training_is_pruned_at_the_first_probe_below_the_threshold_and_stops_there(tmp_path):
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.35))
+    trial = study.ask()
+    trainer = step_trainer([ProbePruning(trial, ScriptedProbe())], tmp_path)
+    with pytest.raises(optuna.TrialPruned, match="pruned at pre-training step 6 \\(probe/entities\\)"):
+        fit_steps(trainer)
+    assert study.trials[0].intermediate_values == pytest.approx({2: 0.5, 4: 0.4, 6: 0.3})
+    assert trainer.global_step == 6  # stopped there, in the middle of an epoch, not at the budget of 20
+
+
+def test_an_unpruned_pre_training_reports_every_probe_and_runs_to_its_budget(tmp_path):
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=-10.0))
+    trial = study.ask()
+    trainer = fit_steps(step_trainer([ProbePruning(trial, ScriptedProbe())], tmp_path, max_steps=10))
+    assert trainer.global_step == 10 and sorted(study.trials[0].intermediate_values) == [2, 4, 6, 8, 10]
+
+
+def test_fine_tuning_reports_after_the_pre_training_steps(tmp_path):
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    trial = study.ask()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                         callbacks=[OptunaPruning(trial, "dev/em", "max", step_offset=100)])
+    trainer.fit(LinearModel(), train_dataloaders=loader(), val_dataloaders=loader())
+    assert study.trials[0].intermediate_values == pytest.approx({100: 0.5, 101: 0.4})
+
+
+def test_a_minimising_study_cannot_be_pruned_on_the_probe():
+    with pytest.raises(SearchConfigError, match="create the study with direction='maximize'"):
+        ProbePruning(optuna.create_study(direction="minimize").ask(), ScriptedProbe())

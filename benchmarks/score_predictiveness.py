@@ -14,7 +14,8 @@ The ``learned`` family uses a policy trained once by ``maskpolicy-learn`` (direc
 supervision, defaults). Runs go two at a time, one thread each; finished runs are read
 back, so a killed benchmark resumes.
 
-Run: ``python benchmarks/score_predictiveness.py [--steps 300 1000] [--seeds 0] [--root DIR] [--json out.json]``.
+Run: ``python benchmarks/score_predictiveness.py [--steps 300 1000] [--seeds 0] [--task task=bioworld_small]
+[--override base.steps=1000] [--root DIR] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ TARGETS = ("all", "entities", "answers")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+TASK_OVERRIDES: list[str] = []  # --task: shared by the learned policy's training and every run
+
+
 def learned_policy(root: Path) -> Path:
     out = root / "learned-policy"
     if not (out / "policy" / "card.json").exists():
-        subprocess.run([sys.executable, "-m", "maskpolicy.meta.commands.learn", f"hydra.run.dir={out}"], check=True,
-                       env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = [sys.executable, "-m", "maskpolicy.meta.commands.learn", *TASK_OVERRIDES, f"hydra.run.dir={out}"]
+        subprocess.run(command, check=True, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return out / "policy"
 
 
@@ -61,7 +65,8 @@ def run_command(family: str, steps: int, start: str, seed: int, out: Path, polic
             f"pretrain.checkpoint_every={steps}", f"base.enabled={start == 'base'}", f"seed={seed}",
             f"score.targets=[{','.join(TARGETS)}]", f"pretrain.probe.every={args.probe_every}",
             "pretrain.save_model=false", "trainer.enable_progress_bar=false", "logger=[csv]",
-            *([f"base.cache_dir={args.cache}"] if args.cache else []), f"hydra.run.dir={out}"]
+            *([f"base.cache_dir={args.cache}"] if args.cache else []), *TASK_OVERRIDES, *args.override,
+            f"hydra.run.dir={out}"]
 
 
 def run_grid(args: argparse.Namespace, root: Path) -> dict[tuple, PretrainResults]:
@@ -131,8 +136,11 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--cache", default=None, help="base.cache_dir for the runs (default: the config's)")
     parser.add_argument("--root", default=None, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--task", nargs="*", default=[], help="task overrides, e.g. task=bioworld_small")
+    parser.add_argument("--override", nargs="*", default=[], help="more run overrides, e.g. base.steps=1000")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    TASK_OVERRIDES[:] = args.task
     root = Path(args.root or tempfile.mkdtemp(prefix="maskpolicy-predictiveness-"))
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,11 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from maskpolicy.meta.config import build, plain
+from maskpolicy.meta.base import base_checkpoint
+from maskpolicy.meta.config import ConfigError, build, plain
 from maskpolicy.meta.results.files import staged_directory
 from maskpolicy.meta.results.schema import (
+    BaseRecord,
     Downstream,
     MLLScore,
     ModelRecord,
@@ -31,7 +33,8 @@ from maskpolicy.meta.results.schema import (
     PretrainResults,
     PretrainStats,
 )
-from maskpolicy.meta.scoring.text import heldout_documents, score_text
+from maskpolicy.meta.scoring.probe import ScoreProbe
+from maskpolicy.meta.scoring.text import score_targets, target_documents
 from maskpolicy.policies import MaskingPolicy
 from maskpolicy.tasks.base import Document, Task, TaskError
 from maskpolicy.tasks.text.encoding import encode_documents
@@ -55,16 +58,42 @@ class RunNames:
 
 @dataclass
 class Setup:
+    """What a run works on; ``base`` records the checkpoint it starts from (``None``: from scratch)."""
+
     task: Task
     corpus: Sequence[Document]
     policy: MaskingPolicy
     spec: ModelSpec
     tokenizer: PreTrainedTokenizerBase
     model: PreTrainedModel
+    base: BaseRecord | None = None
+
+
+def _no_callbacks(probe: ScoreProbe | None) -> Sequence[pl.Callback]:
+    return ()
+
+
+@dataclass(frozen=True)
+class StageCallbacks:
+    """Extra Lightning callbacks for a run's two training stages (a search trial's pruning).
+
+    ``pretraining`` is called with the run's pre-training probe (``None`` when ``pretrain.probe.every``
+    is 0) and its callbacks come after the probe's, so they see the value it just measured.
+    """
+
+    pretraining: Callable[[ScoreProbe | None], Sequence[pl.Callback]] = _no_callbacks
+    finetuning: Sequence[pl.Callback] = field(default_factory=tuple)
+
+
+NO_CALLBACKS = StageCallbacks()
 
 
 def setup(cfg: DictConfig) -> Setup:
-    """Builds everything a run needs from its config, model weights seeded by ``cfg.seed``."""
+    """Builds everything a run needs from its config, model weights seeded by ``cfg.seed``.
+
+    With ``base.enabled`` the tokenizer and model come from the base checkpoint (:mod:`maskpolicy.meta.base`,
+    built on first use); without, a tiny model is initialised at random and its tokenizer trained on the corpus.
+    """
     task, policy, spec = build(cfg.task, "task"), build(cfg.policy, "policy"), build(cfg.model, "model")
     if not isinstance(task, Task):
         raise TaskError(
@@ -74,9 +103,14 @@ def setup(cfg: DictConfig) -> Setup:
     corpus = task.corpus()
     if not corpus:
         raise TaskError(f"task {task.name!r} produced an empty pre-training corpus; check its size or data path")
+    base = base_checkpoint(cfg, task, spec) if (cfg.get("base") or {}).get("enabled", False) else None
+    if base is not None:
+        spec = base.apply(spec)
     tokenizer = spec.build_tokenizer(document.text for document in corpus)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    return Setup(task, corpus, policy, spec, tokenizer, spec.build_model(tokenizer))
+    # Loaded weights come in eval mode and Lightning keeps a module's mode: train with dropout, as when built.
+    model = spec.build_model(tokenizer).train()
+    return Setup(task, corpus, policy, spec, tokenizer, model, base.record if base else None)
 
 
 def make_trainer(cfg: DictConfig, output_dir: Path, stage: str, **budget: Any) -> pl.Trainer:
@@ -87,8 +121,13 @@ def make_trainer(cfg: DictConfig, output_dir: Path, stage: str, **budget: Any) -
     return factory(default_root_dir=output_dir, logger=loggers or False, **budget)
 
 
-def pretrain(cfg: DictConfig, run: Setup, output_dir: Path) -> PretrainStats:
-    """Intermediate pre-training; resumes from ``checkpoints/pretrain/last.ckpt`` if present."""
+def pretrain(cfg: DictConfig, run: Setup, output_dir: Path,
+             callbacks: Callable[[ScoreProbe | None], Sequence[pl.Callback]] = _no_callbacks) -> PretrainStats:
+    """Intermediate pre-training; resumes from ``checkpoints/pretrain/last.ckpt`` if present.
+
+    With ``pretrain.probe.every`` > 0 a :class:`ScoreProbe` scores the model every so many steps (its curve
+    is saved in the checkpoints, so a resumed run keeps it); ``callbacks(probe)`` join the trainer's.
+    """
     if cfg.pretrain.steps <= 0:
         return PretrainStats(steps=0, tokens=0, masked_tokens=0, final_loss=None, rows=0)
     texts, spans = [d.text for d in run.corpus], [d.entities for d in run.corpus]
@@ -101,7 +140,9 @@ def pretrain(cfg: DictConfig, run: Setup, output_dir: Path) -> PretrainStats:
     checkpoints = output_dir / "checkpoints" / "pretrain"
     saver = ModelCheckpoint(checkpoints, save_last=True, every_n_train_steps=cfg.pretrain.checkpoint_every,
                             save_top_k=0)
-    trainer = make_trainer(cfg, output_dir, "pretrain", max_steps=cfg.pretrain.steps, callbacks=[saver])
+    probe = make_probe(cfg, run)
+    stage = [*([probe] if probe else []), *callbacks(probe)]
+    trainer = make_trainer(cfg, output_dir, "pretrain", max_steps=cfg.pretrain.steps, callbacks=[saver, *stage])
     last = checkpoints / "last.ckpt"
     if last.exists():
         log.info("resuming pre-training from %s", last)
@@ -112,22 +153,59 @@ def pretrain(cfg: DictConfig, run: Setup, output_dir: Path) -> PretrainStats:
             run.tokenizer.save_pretrained(staging)
     loss = trainer.callback_metrics.get("pretrain/loss")
     return PretrainStats(steps=trainer.global_step, tokens=module.tokens_seen, masked_tokens=module.masked_seen,
-                         final_loss=None if loss is None else float(loss), rows=len(rows))
+                         final_loss=None if loss is None else float(loss), rows=len(rows),
+                         probe=[[step, value] for step, value in probe.curve] if probe else [],
+                         probe_target=probe.target if probe else None,
+                         probe_seconds=round(probe.seconds, 2) if probe else None)
 
 
-def score(cfg: DictConfig, run: Setup) -> MLLScore | None:
-    """The pre-trained model's cumulative masked-prediction estimate of log p(held-out text)."""
+def make_probe(cfg: DictConfig, run: Setup) -> ScoreProbe | None:
+    """The pre-training probe ``pretrain.probe`` asks for (masked LMs only), or ``None``."""
+    options = cfg.pretrain.get("probe") or {}
+    every = options.get("every") or 0
+    if not every:
+        return None
+    if every > cfg.pretrain.steps:
+        raise ConfigError(f"pretrain.probe.every={every} is longer than pre-training (pretrain.steps="
+                          f"{cfg.pretrain.steps}): the probe would never run; lower it or set it to 0 (off)")
+    if run.spec.kind != "masked_lm":
+        log.info("pre-training probe skipped: a %s model has no masked-LM conditionals to score", run.spec.kind)
+        return None
+    return ScoreProbe(run.task, run.tokenizer, run.spec.max_length, options.target, every, options.passes,
+                      options.max_sequences, cfg.score.batch_size, seed=cfg.seed)
+
+
+def score(cfg: DictConfig, run: Setup) -> dict[str, MLLScore]:
+    """The pre-trained model's cumulative masked-prediction estimates of its held-out text, one per
+    ``score.targets`` name (``all``: every token; ``entities``, ``answers``: those tokens given the rest)."""
     options = cfg.score
     if not options.enabled:
-        return None
+        return {}
     if run.spec.kind != "masked_lm":
         log.info("mll score skipped: a %s model has no masked-LM conditionals to score", run.spec.kind)
-        return None
-    started = time.perf_counter()
+        return {}
     estimator = build(options.estimator, "score estimator")
-    estimate = score_text(run.model, run.tokenizer, heldout_documents(run.task), run.spec.max_length, estimator,
-                          options.max_sequences, options.batch_size, cfg.seed)
-    return estimate.score(seconds=round(time.perf_counter() - started, 2))
+    scores = {}
+    for target in _targets(options):  # one at a time, so each carries its own seconds
+        started = time.perf_counter()
+        (estimate,) = score_targets(run.model, run.tokenizer, run.task, run.spec.max_length, estimator, [target],
+                                    options.max_sequences, options.batch_size, cfg.seed).values()
+        scores[target] = estimate.score(seconds=round(time.perf_counter() - started, 2))
+    return scores
+
+
+def check_scores(cfg: DictConfig, run: Setup) -> None:
+    """Fails before any training on a ``score.targets`` name the task cannot give (the probe checks its own)."""
+    if cfg.score.enabled and run.spec.kind == "masked_lm":
+        for target in _targets(cfg.score):
+            target_documents(run.task, target)
+
+
+def _targets(options: DictConfig) -> list[str]:
+    targets = options.get("targets", ["all"])
+    if isinstance(targets, str) or not targets:
+        raise ConfigError(f"score.targets must be a non-empty list such as [all, entities], got {targets!r}")
+    return list(dict.fromkeys(targets))
 
 
 def finetune(cfg: DictConfig, run: Setup, output_dir: Path, *, test: bool,
@@ -162,14 +240,15 @@ def _best_epoch(checkpoint: ModelCheckpoint) -> int | None:
 
 
 def run_pretraining(cfg: DictConfig, output_dir: Path, names: RunNames, *, test: bool = True,
-                    callbacks: Sequence[pl.Callback] = ()) -> PretrainResults:
+                    callbacks: StageCallbacks = NO_CALLBACKS) -> PretrainResults:
     """Every step of one run; returns its results (the caller writes them)."""
     started = time.perf_counter()
     run = setup(cfg)
-    pretrained = pretrain(cfg, run, output_dir)
-    mll = score(cfg, run)
+    check_scores(cfg, run)
+    pretrained = pretrain(cfg, run, output_dir, callbacks.pretraining)
+    scores = score(cfg, run)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    downstream = finetune(cfg, run, output_dir, test=test, callbacks=callbacks)
+    downstream = finetune(cfg, run, output_dir, test=test, callbacks=callbacks.finetuning)
     return PretrainResults(
         policy=PolicyRecord(names.policy, plain(cfg.policy), getattr(run.policy, "source", None)),
         task=Named(names.task, plain(cfg.task)),
@@ -177,6 +256,8 @@ def run_pretraining(cfg: DictConfig, output_dir: Path, names: RunNames, *, test:
         seed=cfg.seed,
         downstream=downstream,
         pretrain=pretrained,
-        mll=mll,
+        mll=scores.get("all"),
         wall_seconds=round(time.perf_counter() - started, 2),
+        mll_targets=scores,
+        base=run.base,
     )

@@ -74,6 +74,19 @@ class HeldOutText(Protocol):
 
 
 @runtime_checkable
+class GeneralText(Protocol):
+    """A task that can give general text in its language holding none of its QA facts.
+
+    A base model is pre-trained on it once (random masking) so that intermediate
+    pre-training on the task's corpus starts from a model that already knows the language.
+    """
+
+    def general_corpus(self, size: int) -> Sequence[Document]:
+        """About ``size`` units of general text (what a unit is, people or paragraphs, is the task's to say)."""
+        ...
+
+
+@runtime_checkable
 class TractableTask(Protocol):
     """A model whose likelihood and masked conditionals are exact, with data drawn from it.
 
@@ -87,8 +100,9 @@ class TractableTask(Protocol):
         """The sequences to score, ``[B, D]``."""
         ...
 
-    def log_likelihood(self, data: Tensor) -> Tensor:
-        """Exact ``log p(x)`` per row, ``Float64[B]``."""
+    def log_likelihood(self, data: Tensor, observed: Tensor | None = None) -> Tensor:
+        """Exact ``log p(x)`` per row, ``Float64[B]``; with ``observed`` (``Bool[B, D]``), the marginal
+        ``log p(x_observed)`` of each row's observed positions (0 for a row with none)."""
         ...
 
     def masked_log_probs(self, inputs: Tensor, masks: Tensor) -> Tensor:

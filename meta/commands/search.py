@@ -23,7 +23,13 @@ from maskpolicy.meta.config import modern_overrides, plain, register_plugin_poli
 from maskpolicy.meta.pipeline import RunNames
 from maskpolicy.meta.results.files import write_json
 from maskpolicy.meta.search.final import rate_curves, run_finals, save_best_policy
-from maskpolicy.meta.search.leaderboard import correlation, format_leaderboard, leaderboard, write_leaderboard
+from maskpolicy.meta.search.leaderboard import (
+    SCORES,
+    correlation,
+    format_leaderboard,
+    leaderboard,
+    write_leaderboard,
+)
 from maskpolicy.meta.search.study import FINISHED, Search, optimize, prepare, share_cores, start_workers
 
 log = logging.getLogger(__name__)
@@ -46,23 +52,28 @@ def run(cfg: DictConfig) -> float | None:
         worker.wait()
     if cfg.search.role == "worker":
         return None
-    share_cores(1)  # the final re-runs run one at a time: give them every core
-    finals = run_finals(cfg, search, output_dir, names)
+    processes = cfg.search.final.get("n_workers") or 1
+    share_cores(processes)  # the final re-runs share the cores, as the workers did
+    finals = run_finals(cfg, search, output_dir, names, processes)
     rows = leaderboard(finals, search.objectives[0])
     write_leaderboard(output_dir, rows)
     print(format_leaderboard(rows))
     if rows:
         save_best_policy(next(c for c in finals if c.label == rows[0]["label"]), output_dir)
     agreement = correlation(search.study)
-    _write_report(output_dir, search, rows, agreement, rate_curves(finals))
-    write_json(output_dir / "search.json", _summary(cfg, search, rows, agreement, time.perf_counter() - started))
+    targeted = correlation(search.study, SCORES[1])
+    _write_report(output_dir, search, rows, agreement, targeted, rate_curves(finals))
+    summary = _summary(cfg, search, rows, agreement, time.perf_counter() - started) | {"correlation_entities": targeted}
+    write_json(output_dir / "search.json", summary)
     return rows[0][search.objectives[0].metric] if rows else None
 
 
-def _write_report(output_dir: Path, search: Search, rows: list, agreement: dict | None, curves: dict) -> None:
+def _write_report(output_dir: Path, search: Search, rows: list, agreement: dict | None, targeted: dict | None,
+                  curves: dict) -> None:
     from maskpolicy.meta.search.report import write_report  # matplotlib and Jinja2 load only here
 
-    write_report(output_dir / "report.html", search.study, rows, agreement, curves, search.objectives)
+    write_report(output_dir / "report.html", search.study, rows, agreement, curves, search.objectives,
+                 targeted=targeted)
 
 
 def _summary(cfg: DictConfig, search: Search, rows: list, agreement: dict | None, seconds: float) -> dict[str, Any]:

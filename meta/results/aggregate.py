@@ -23,7 +23,14 @@ METRICS: dict[str, Callable[[PretrainResults], float | None]] = {
     "test_em": lambda run: run.downstream.test_em,
     "test_f1": lambda run: run.downstream.test_f1,
     "mll_nats_per_token": lambda run: run.mll.nats_per_token if run.mll else None,
+    "mll_entities_nats_per_token": lambda run: _target_score(run, "entities"),
+    "mll_answers_nats_per_token": lambda run: _target_score(run, "answers"),
 }
+
+
+def _target_score(run: PretrainResults, target: str) -> float | None:
+    score = run.mll_targets.get(target)
+    return score.nats_per_token if score else None
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,8 @@ SUMMARY_KEYS = ("task", "model", "policy")
 SUMMARY_COLUMNS = (Column("task", "task", None, 10, text=True), Column("model", "model", None, 12, text=True),
                    Column("policy", "policy", None, 24, text=True), Column("seeds", "seeds", None, 5),
                    Column("dev_em", "dev EM"), Column("test_em", "test EM"), Column("test_f1", "test F1"),
-                   Column("mll_nats_per_token", "MLL nats/token", 2, 17), Column("seconds", "s/run", 0, 7))
+                   Column("mll_nats_per_token", "MLL nats/token", 2, 17),
+                   Column("mll_entities_nats_per_token", "MLL entities", 2, 14), Column("seconds", "s/run", 0, 7))
 
 
 def mean_spread(values: Iterable[float | None]) -> tuple[float | None, float | None]:

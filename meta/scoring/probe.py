@@ -40,7 +40,7 @@ class ScoreProbe(pl.Callback):
                  seed: int = 0) -> None:
         super().__init__()
         if every < 1:
-            raise MLLError(f"pretrain.probe.every must be ≥ 1 step, got {every}; set pretrain.probe.enabled=false "
+            raise MLLError(f"pretrain.probe.every must be ≥ 1 step, got {every}; set pretrain.probe.every=0 "
                            "to turn the probe off")
         self.documents = target_documents(task, target)  # a target the task cannot give fails before training
         self.tokenizer, self.max_length, self.target = tokenizer, max_length, target
@@ -64,6 +64,14 @@ class ScoreProbe(pl.Callback):
         self.seconds += time.perf_counter() - started
         self.curve.append((step, value))
         pl_module.log(self.name, value)
+
+    def state_dict(self) -> dict:
+        """Saved in the pre-training checkpoints, so a resumed run keeps the curve measured before."""
+        return {"curve": [list(point) for point in self.curve], "seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.curve = [(int(step), float(value)) for step, value in state_dict["curve"]]
+        self.seconds = float(state_dict["seconds"])
 
     def latest(self, step: int) -> float | None:
         """The value measured at ``step``, if the probe ran there."""

@@ -8,7 +8,9 @@ test split. A re-run whose ``results.json`` exists is read back, not run again (
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from maskpolicy.meta.pipeline import RunNames
 from maskpolicy.meta.results import schema
 from maskpolicy.meta.results.files import copy_directory, write_text
 from maskpolicy.meta.results.schema import PretrainResults
-from maskpolicy.meta.search.study import Search, best_per_family
+from maskpolicy.meta.search.study import Search, best_per_family, share_cores
 from maskpolicy.meta.search.trial import ARTIFACT_LOADER, run_configuration
 
 log = logging.getLogger(__name__)
@@ -63,14 +65,28 @@ def configurations(cfg: DictConfig, search: Search) -> list[FinalConfiguration]:
     return chosen
 
 
-def run_finals(cfg: DictConfig, search: Search, output_dir: Path, names: RunNames) -> list[FinalConfiguration]:
-    """Every configuration re-run with every final seed (finished ones read back)."""
+def run_finals(cfg: DictConfig, search: Search, output_dir: Path, names: RunNames,
+               processes: int = 1) -> list[FinalConfiguration]:
+    """Every configuration re-run with every final seed (finished ones read back), ``processes`` at a time.
+
+    Each run is seeded on its own, so running them side by side changes only thread counts (and with them
+    float rounding), not what is run.
+    """
     chosen = configurations(cfg, search)
-    for configuration in chosen:
-        for seed in search.final_seeds:
-            directory = output_dir / "final" / configuration.label / f"seed-{seed}"
-            configuration.runs.append(_run_or_resume(cfg, configuration, seed, directory, names))
-            configuration.directories.append(directory)
+    jobs = [(configuration, seed, output_dir / "final" / configuration.label / f"seed-{seed}")
+            for configuration in chosen for seed in search.final_seeds]
+    pending = [job for job in jobs if not (job[2] / schema.RESULTS_FILE).exists()]
+    if processes > 1 and len(pending) > 1:
+        # the config goes resolved: a spawned process has none of Hydra's resolvers
+        resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        with ProcessPoolExecutor(min(processes, len(pending)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=share_cores, initargs=(processes,)) as pool:
+            futures = [pool.submit(_run_or_resume, resolved, *job, names) for job in pending]
+            for future in futures:
+                future.result()  # re-raises a run's error here
+    for configuration, seed, directory in jobs:
+        configuration.runs.append(_run_or_resume(cfg, configuration, seed, directory, names))
+        configuration.directories.append(directory)
     return chosen
 
 

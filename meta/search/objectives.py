@@ -64,7 +64,11 @@ DEV_EM = Objective("dev_em", "dev EM", "downstream validation exact match, in [0
 MLL = Objective("mll", "MLL score (nats/token)",
                 "marginal-likelihood score of the pre-trained model on held-out text, in nats per token",
                 "maximize", "mll_nats_per_token", None)
-OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (DEV_EM, MLL)}
+MLL_ENTITIES = Objective("mll_entities", "entity-token MLL (nats/token)",
+                         "marginal-likelihood score of the entity tokens of held-out text given the rest, in nats per "
+                         "token: label-free (score.targets must include entities)",
+                         "maximize", "mll_entities_nats_per_token", None)
+OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (DEV_EM, MLL, MLL_ENTITIES)}
 
 
 def resolve(names: Sequence[str]) -> tuple[Objective, ...]:
@@ -77,12 +81,15 @@ def resolve(names: Sequence[str]) -> tuple[Objective, ...]:
     return tuple(OBJECTIVES[name] for name in names)
 
 
-def pruning_monitor(objectives: Sequence[Objective]) -> Objective | None:
-    """The objective a pruner can follow during training: a single objective with a monitor, else None.
+def pruned_objective(objectives: Sequence[Objective]) -> Objective | None:
+    """The objective a pruner judges trials by: the study's only one (Optuna prunes single-objective studies only)."""
+    return objectives[0] if len(objectives) == 1 else None
 
-    Optuna prunes single-objective studies only; an objective known only at the end of a
-    trial (the MLL score) gives the pruner nothing to compare mid-trial.
-    """
+
+def pruning_monitor(objectives: Sequence[Objective]) -> Objective | None:
+    """The objective whose monitor the pruner follows during fine-tuning: a single objective with a monitor, else
+    None. An objective known only at the end of a trial (the MLL score) gives fine-tuning nothing to report; the
+    pre-training probe can still prune such a study."""
     if len(objectives) == 1 and objectives[0].monitor is not None:
         return objectives[0]
     return None

@@ -9,6 +9,7 @@ adds processes on the same storage.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -24,19 +25,20 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from maskpolicy.meta.pipeline import RunNames
+from maskpolicy.meta.pipeline import RunNames, StageCallbacks
 from maskpolicy.meta.results.aggregate import METRICS
 from maskpolicy.meta.results.schema import PretrainResults
 from maskpolicy.meta.search import objectives as objective_defs
 from maskpolicy.meta.search.engines import SearchConfigError, build_pruner, build_sampler, open_storage
 from maskpolicy.meta.search.objectives import Objective, ObjectiveError
-from maskpolicy.meta.search.pruning import OptunaPruning
+from maskpolicy.meta.search.pruning import OptunaPruning, ProbePruning
 from maskpolicy.meta.search.space import SearchSpace
 from maskpolicy.meta.search.trial import run_configuration
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-TRIAL_METRICS = ("dev_em", "dev_f1", "mll_nats_per_token")  # what a trial records: never a test metric
+# what a trial records: never a test metric
+TRIAL_METRICS = ("dev_em", "dev_f1", "mll_nats_per_token", "mll_entities_nats_per_token")
 _MISSING = object()
 
 
@@ -49,6 +51,44 @@ class Search:
     objectives: tuple[Objective, ...]
     storage_location: str
     final_seeds: tuple[int, ...]
+    pruning: PruningPlan
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """What a trial reports to the pruner, on one step axis.
+
+    Pre-training probe values at their pre-training steps (``probe_every``, ``2·probe_every``, …);
+    the objective's fine-tuning monitor after each epoch at ``finetune_offset + epoch``, an
+    offset past every pre-training budget the space can draw, so a step never holds two kinds
+    of value across trials.
+    """
+
+    objective: Objective | None
+    probe_every: int | None
+    probe_target: str | None
+    finetune_offset: int
+    reason: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.objective is not None and (self.probe_every is not None or self.objective.monitor is not None)
+
+    def record(self) -> dict[str, Any]:
+        return {"probe_every": self.probe_every, "probe_target": self.probe_target,
+                "finetune_offset": self.finetune_offset,
+                "finetune_monitor": self.objective.monitor if self.objective else None}
+
+    def callbacks(self, trial: optuna.Trial) -> StageCallbacks:
+        """The pruning callbacks of one trial's two training stages."""
+        if not self.active:
+            return StageCallbacks()
+        finetuning = ([OptunaPruning(trial, self.objective.monitor, self.objective.mode, self.finetune_offset)]
+                      if self.objective.monitor else [])
+        if self.probe_every is None:
+            return StageCallbacks(finetuning=finetuning)
+        return StageCallbacks(pretraining=lambda probe: [ProbePruning(trial, probe)] if probe else [],
+                              finetuning=finetuning)
 
 
 def prepare(cfg: DictConfig, output_dir: Path) -> Search:
@@ -60,22 +100,24 @@ def prepare(cfg: DictConfig, output_dir: Path) -> Search:
         objectives = objective_defs.resolve(options.objectives)
     except ObjectiveError as error:
         raise SearchConfigError(str(error)) from error
+    _check_scored(cfg, objectives)
     seeds = final_seeds(cfg)
     # each worker process draws its own random stream, or workers would propose the same trials
     sampler = build_sampler(options.sampler, seed=cfg.seed * 1000 + options.worker_index)
     pruner = build_pruner(options.pruner)
-    if objective_defs.pruning_monitor(objectives) is None and not isinstance(pruner, optuna.pruners.NopPruner):
-        log.info("no pruning: the objectives %s give the pruner nothing to compare during a trial",
-                 [o.name for o in objectives])
+    pruning = pruning_plan(cfg, space, objectives)
+    if not pruning.active and not isinstance(pruner, optuna.pruners.NopPruner):
+        log.info("no pruning: %s", pruning.reason)
         pruner = optuna.pruners.NopPruner()
     location = options.storage or str(output_dir / "study.db")
     storage = open_storage(location, options.heartbeat_interval, options.grace_period, options.max_retry)
     study = optuna.create_study(storage=storage, study_name=options.study_name, sampler=sampler, pruner=pruner,
                                 directions=[o.direction for o in objectives], load_if_exists=True)
+    study.set_user_attr("pruning", pruning.record())  # the report reads which steps hold which signal
     if options.every_family_first and options.role == "main" and not study.get_trials(deepcopy=False):
         for family in list(space.families)[: options.n_trials]:  # the other parameters are left to the sampler
             study.enqueue_trial({"family": family}, skip_if_exists=True)
-    return Search(space, study, objectives, location, seeds)
+    return Search(space, study, objectives, location, seeds, pruning)
 
 
 def final_seeds(cfg: DictConfig) -> tuple[int, ...]:
@@ -97,6 +139,44 @@ def final_seeds(cfg: DictConfig) -> tuple[int, ...]:
     return seeds
 
 
+def pruning_plan(cfg: DictConfig, space: SearchSpace, objectives: Sequence[Objective]) -> PruningPlan:
+    """Checks the pruning settings against the run config and the space; says what each trial reports."""
+    budgets = [domain.probes() for domain in _run_domains(space, "pretrain.steps")]
+    longest = max([cfg.pretrain.steps, *(max(values) for values in budgets)])
+    shortest = min([cfg.pretrain.steps, *(min(values) for values in budgets)]) if budgets else cfg.pretrain.steps
+    objective = objective_defs.pruned_objective(objectives)
+    every = cfg.pretrain.probe.every if cfg.search.pruning.pretraining else 0
+    if objective is None:
+        return PruningPlan(None, None, None, longest + 1, "Optuna prunes single-objective studies only")
+    if every and every > shortest:
+        raise SearchConfigError(
+            f"pretrain.probe.every={every} is longer than the shortest pre-training budget ({shortest} steps): the "
+            "probe would never run, so no trial could be pruned during pre-training; lower pretrain.probe.every or "
+            "set search.pruning.pretraining=false"
+        )
+    plan = PruningPlan(objective, every or None, cfg.pretrain.probe.target if every else None, longest + 1)
+    if not plan.active:
+        return dataclasses.replace(plan, reason=f"the objective {objective.name} is known only when a trial ends and "
+                                                "search.pruning.pretraining is off")
+    return plan
+
+
+def _check_scored(cfg: DictConfig, objectives: Sequence[Objective]) -> None:
+    """A score objective needs its score computed in every trial."""
+    needed = {objective_defs.MLL.name: "all", objective_defs.MLL_ENTITIES.name: "entities"}
+    for objective in objectives:
+        target = needed.get(objective.name)
+        if target and not (cfg.score.enabled and target in (cfg.score.get("targets") or ["all"])):
+            raise SearchConfigError(f"search.objectives has {objective.name}, but trials do not compute it: set "
+                                    f"score.enabled=true and include {target} in score.targets")
+
+
+def _run_domains(space: SearchSpace, key: str) -> list:
+    """Every domain the space gives the run-config ``key`` (the budget's and the families' own)."""
+    found = [space.budget[key]] if key in space.budget else []
+    return found + [family.run_params[key] for family in space.families.values() if key in family.run_params]
+
+
 def _check_run_keys(cfg: DictConfig, space: SearchSpace) -> None:
     """Every run-config key the space overrides must exist in the run config (a typo would be ignored)."""
     keys = [*space.budget, *(key for family in space.families.values() for key in family.run_params)]
@@ -109,18 +189,15 @@ def _check_run_keys(cfg: DictConfig, space: SearchSpace) -> None:
 def trial_function(cfg: DictConfig, search: Search, output_dir: Path, names: RunNames
                    ) -> Callable[[optuna.Trial], Any]:
     """The function Optuna calls: one trial = one policy pre-trained, scored and fine-tuned, judged on dev."""
-    monitor = objective_defs.pruning_monitor(search.objectives)
-
     def evaluate(trial: optuna.Trial) -> float | tuple[float, ...]:
         suggestion = search.space.suggest(trial)
         trial.set_user_attr("policy", suggestion.policy)
         trial.set_user_attr("overrides", suggestion.overrides)
-        callbacks = [] if monitor is None else [OptunaPruning(trial, monitor.monitor, monitor.mode)]
         try:
             results = run_configuration(cfg, suggestion.policy, suggestion.overrides, cfg.seed,
                                         output_dir / "trials" / f"{trial.number:04d}",
                                         RunNames(suggestion.family, names.task, names.model),
-                                        test=False, callbacks=callbacks)
+                                        test=False, callbacks=search.pruning.callbacks(trial))
             record(trial, results)
             return objective_defs.values(search.objectives, results)
         except optuna.TrialPruned:

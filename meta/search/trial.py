@@ -10,16 +10,15 @@ Search trials never touch the test split; the final re-runs do.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from maskpolicy.meta.learning.train import learn_policy
-from maskpolicy.meta.pipeline import RunNames, run_pretraining
+from maskpolicy.meta.pipeline import NO_CALLBACKS, RunNames, StageCallbacks, run_pretraining
 from maskpolicy.meta.results import schema
 from maskpolicy.meta.results.schema import PretrainResults
 from maskpolicy.policies import LearnedPolicy
@@ -63,7 +62,7 @@ def run_configuration(
     names: RunNames,
     *,
     test: bool,
-    callbacks: Sequence[pl.Callback] = (),
+    callbacks: StageCallbacks = NO_CALLBACKS,
 ) -> PretrainResults:
     """Runs one configuration and writes its ``results.json``; ``test`` scores the test split (final re-runs only)."""
     run_cfg = trial_config(cfg, policy, overrides, seed)

@@ -12,6 +12,10 @@ Values are single words (pseudo-words, and 4-digit years), so a word-level
 tokenizer trained on the corpus makes each answer one token and a one-mask cloze
 does not leak answer length. The generator draws from ``random.Random`` streams
 seeded by ``seed`` alone: the same seed gives the same world byte for byte.
+
+``general_corpus(size)`` writes biographies of other people (fresh names, values from
+the same lists) for pre-training a base model that knows the language but none of the
+task's facts; it draws from streams of its own, so asking for it changes nothing else.
 """
 
 from __future__ import annotations
@@ -109,13 +113,13 @@ _MAX_REJECTIONS = 10_000
 
 @dataclass(frozen=True)
 class Person:
-    """One person of the world: a unique name, one value per attribute, a QA split."""
+    """One person of the world: a unique name, one value per attribute, a QA split (``None``: general text)."""
 
     id: str
     first_name: str
     last_name: str
     facts: Mapping[str, str] = field(hash=False)
-    split: Split
+    split: Split | None = None
 
     @property
     def name(self) -> str:
@@ -164,6 +168,7 @@ class BioWorld:
 
         words = _WordMaker(self._rng("words"), reserved=_template_words())
         self.values = self._value_lists(words)
+        self.first_names = words.many("first", n_first_names)
         self.people = self._people(words)
         self._biographies = {p.id: [self._biography(p, k) for k in range(biographies_per_person)] for p in self.people}
         self._documents = self._corpus()
@@ -182,6 +187,25 @@ class BioWorld:
         offset in it, for policies supervised by answer spans.
         """
         return tuple(example for _, example in self._questions[check_split(split)])
+
+    # -- the GeneralText protocol -------------------------------------------------
+
+    def general_corpus(self, size: int) -> tuple[Document, ...]:
+        """Biographies of ``size`` other people, for pre-training a base model: none of the task's facts.
+
+        The people's last names are new words (no QA person's name, no value), their
+        first names come from the task's pool and their values from its value lists,
+        so the task's template words, first names and values are in this text but no
+        (person, attribute, value) fact of the task is. They are written like the corpus (same templates,
+        ``biographies_per_person``, ``sentence_examples``) from random streams of their own.
+        """
+        _check_range("general corpus size", size, 1, MAX_PEOPLE)
+        names = _WordMaker(self._rng("general:names"), reserved=self._words())
+        rng = self._rng("general:people")
+        people = [self._person(rng, f"g{index:05d}", last, split=None)
+                  for index, last in enumerate(names.many("last", size))]
+        biographies = {p.id: [self._biography(p, k) for k in range(self.biographies_per_person)] for p in people}
+        return self._write(people, biographies, streams="general:")
 
     def heldout(self) -> tuple[Document, ...]:
         """One unseen biography per person (a new paraphrase and sentence order), for label-free scoring.
@@ -231,21 +255,24 @@ class BioWorld:
         return {attribute: by_kind[_KIND[attribute]] for attribute in self.attributes}
 
     def _people(self, words: _WordMaker) -> tuple[Person, ...]:
-        firsts = words.many("first", self.n_first_names)
         lasts = words.many("last", self.n_people)
         ids = [f"p{index:05d}" for index in range(self.n_people)]
         split_of = split_subjects(ids, self.split_fractions, seed=self.seed)
         rng = self._rng("people")
-        return tuple(
-            Person(
-                id=person_id,
-                first_name=rng.choice(firsts),
-                last_name=last,
-                facts={attribute: rng.choice(self.values[attribute]) for attribute in self.attributes},
-                split=split_of[person_id],
-            )
-            for person_id, last in zip(ids, lasts, strict=True)
-        )
+        return tuple(self._person(rng, person_id, last, split_of[person_id])
+                     for person_id, last in zip(ids, lasts, strict=True))
+
+    def _person(self, rng: random.Random, person_id: str, last_name: str, split: Split | None) -> Person:
+        """A person with a first name from the pool and one value per attribute, drawn from ``rng`` in that order."""
+        first_name = rng.choice(self.first_names)
+        facts = {attribute: rng.choice(self.values[attribute]) for attribute in self.attributes}
+        return Person(id=person_id, first_name=first_name, last_name=last_name, facts=facts, split=split)
+
+    def _words(self) -> set[str]:
+        """Every word of the task's world: template words, names and values."""
+        names = {part for person in self.people for part in (person.first_name, person.last_name)}
+        values = {value for values in self.values.values() for value in values}
+        return _template_words() | set(self.first_names) | names | values
 
     def _biography(self, person: Person, variant: int) -> tuple[Document, dict[str, int]]:
         """One biography and the offset of each attribute's value in it."""
@@ -256,13 +283,19 @@ class BioWorld:
         return _render(sentences, person)
 
     def _corpus(self) -> tuple[Document, ...]:
-        documents = [document for bios in self._biographies.values() for document, _ in bios]
+        return self._write(self.people, self._biographies, streams="")
+
+    def _write(self, people: Sequence[Person], biographies: Mapping[str, Sequence[tuple[Document, dict[str, int]]]],
+               streams: str) -> tuple[Document, ...]:
+        """The biographies (and one-sentence facts when enabled) of ``people``, shuffled; ``streams`` prefixes
+        the names of the random streams used."""
+        documents = [document for bios in biographies.values() for document, _ in bios]
         if self.sentence_examples:
-            rng = self._rng("sentences")
-            for person in self.people:
+            rng = self._rng(f"{streams}sentences")
+            for person in people:
                 for attribute in self.attributes:
                     documents.append(_render([(attribute, rng.choice(TEMPLATES[attribute]))], person)[0])
-        self._rng("corpus").shuffle(documents)
+        self._rng(f"{streams}corpus").shuffle(documents)
         return tuple(documents)
 
     def _qa(self) -> dict[Split, list[tuple[str, QAExample]]]:

@@ -10,6 +10,9 @@ Answers whose ``answer_start`` does not point at their text are skipped and
 counted (``skipped_answers``; a question left with no answer is dropped and
 counted in ``skipped_questions``), or raise with ``bad_offsets="error"``.
 Unanswerable questions (SQuAD 2.0) are dropped and counted in ``unanswerable``.
+
+General text, for pre-training a base model, comes from other SQuAD-format files
+(``general_path``): their paragraphs, which must not be the task's.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class SquadTask:
             does not match their text.
         tagger: finds entity spans in documents without gold ones (the default
             config uses the built-in :class:`~.tagging.RuleTagger`); ``None`` leaves them empty.
+        general_path: one SQuAD-format file, or a list of them, whose paragraphs are the
+            general text a base model is pre-trained on (:meth:`general_corpus`); read
+            only when asked for. ``None``: the task has no general text.
     """
 
     name = "squad"
@@ -71,6 +77,7 @@ class SquadTask:
         answer_entities: bool = False,
         bad_offsets: Literal["skip", "error"] = "skip",
         tagger: Tagger | None = None,
+        general_path: str | Sequence[str] | None = None,
     ) -> None:
         if (path is None) == (hf_dataset is None):
             raise TaskError("SquadTask needs exactly one source: path=<SQuAD JSON file> or hf_dataset=<name>")
@@ -84,6 +91,7 @@ class SquadTask:
         self.seed, self.answer_entities, self.bad_offsets, self.tagger = seed, answer_entities, bad_offsets, tagger
         self._corpus: tuple[Document, ...] | None = None
         self.source = str(path) if path is not None else f"{hf_dataset} ({hf_split})"
+        self.general_paths = _paths(general_path)
         payload = read_json(path) if path is not None else load_hub_dataset(hf_dataset, hf_split)
         self.skipped_answers = self.skipped_questions = self.unanswerable = 0
         self._paragraphs = self._parse(articles_of(payload, self.source)[:max_articles])
@@ -109,6 +117,33 @@ class SquadTask:
         if split not in SPLITS:
             raise TaskError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
         return tuple(q for p in self._paragraphs if self._split_of(p) == split for q in p.questions)
+
+    # -- the GeneralText protocol -------------------------------------------------
+
+    def general_corpus(self, size: int) -> tuple[Document, ...]:
+        """The first ``size`` distinct paragraphs of the ``general_path`` files, in order, tagged like the corpus.
+
+        Raises when no general file is configured, or when one shares a paragraph with the task's data
+        (general text must hold none of the task's facts).
+        """
+        if not self.general_paths:
+            raise TaskError(
+                "squad has no general text to pre-train a base model on: set task.general_path to another "
+                "SQuAD-format file (or a list of files) whose articles are not the task's, or set "
+                "base.enabled=false to pre-train from scratch"
+            )
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise TaskError(f"the general corpus size must be a positive number of paragraphs, got {size!r}")
+        contexts = list(dict.fromkeys(c for path in self.general_paths for c in _contexts(path)))
+        ours = {p.context for p in self._paragraphs}
+        shared = sum(context in ours for context in contexts)
+        if shared:
+            raise TaskError(
+                f"task.general_path shares {shared} paragraph(s) with the task's data ({self.source}); general text "
+                "must hold none of the task's facts: give files of other articles (e.g. SQuAD train for a dev task)"
+            )
+        documents = [Document(context) for context in contexts[:size]]
+        return tuple(tag_corpus(documents, self.tagger) if self.tagger else documents)
 
     def heldout(self) -> tuple[Document, ...]:
         """The QA-dev subjects' paragraphs, for label-free scoring.
@@ -190,6 +225,28 @@ def _example(question: str, context: str, answers: Sequence[tuple[str, int]]) ->
     text, start = answers[0]
     aliases = tuple(dict.fromkeys(t for t, _ in answers[1:] if t != text))
     return QAExample(question, text, subject="", context=context, answer_start=start, aliases=aliases)
+
+
+def _paths(general_path: str | Sequence[str] | None) -> tuple[str, ...]:
+    if general_path is None:
+        return ()
+    paths = (general_path,) if isinstance(general_path, str | Path) else tuple(general_path)
+    if not paths or not all(isinstance(path, str | Path) for path in paths):
+        raise TaskError(f"squad general_path must be a file path or a non-empty list of them, got {general_path!r}")
+    return tuple(str(path) for path in paths)
+
+
+def _contexts(path: str) -> list[str]:
+    """Every paragraph's context of one SQuAD-format file, in file order."""
+    try:
+        articles = articles_of(read_json(path), path)
+    except TaskError as error:
+        raise TaskError(f"task.general_path: {error}") from error
+    contexts = []
+    for a, article in enumerate(articles):
+        for k, paragraph in enumerate(_list(article, "paragraphs", f"data[{a}]", path)):
+            contexts.append(_string(paragraph, "context", f"data[{a}].paragraphs[{k}]", path))
+    return contexts
 
 
 def _with_subject(paragraph: _Paragraph, subject: str) -> _Paragraph:

@@ -47,6 +47,9 @@ def test_one_run_writes_complete_results(tmp_path):
     assert results["versions"]["torch"] and results["versions"]["maskpolicy"]
     assert results["schema"] == {"command": "pretrain", "version": 3}
     assert results["downstream"]["test_em"] is not None  # maskpolicy-pretrain scores test; search trials do not
+    assert set(results["mll_targets"]) == {"all", "entities"} and results["mll_targets"]["all"] == results["mll"]
+    assert results["mll_targets"]["entities"]["target"] == "entities" and results["base"] is None
+    assert pretrained["probe"] == [] and pretrained["probe_target"] is None  # the probe is off outside a search
     assert (tmp_path / "run/pretrained/model.safetensors").exists()
     assert (tmp_path / "run/pretrain/metrics.csv").exists() and (tmp_path / "run/finetune/metrics.csv").exists()
 
@@ -69,12 +72,17 @@ def test_multirun_sweeps_policies_and_summarises(tmp_path):
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    first = TINY + TINY_BERT + ["pretrain.steps=3"]
+    probe = ["pretrain.probe.every=3", "pretrain.probe.passes=2", "pretrain.probe.max_sequences=8"]
+    first = TINY + TINY_BERT + probe + ["pretrain.steps=3"]
     run_command(*first, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert (run_dir / "checkpoints/pretrain/last.ckpt").exists()
-    again = run_command(*TINY, *TINY_BERT, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    before = json.loads((run_dir / "results.json").read_text())["pretrain"]["probe"]
+    again = run_command(*TINY, *TINY_BERT, *probe, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert "resuming pre-training" in again.stdout + again.stderr
-    assert json.loads((run_dir / "results.json").read_text())["pretrain"]["steps"] == 6
+    pretrained = json.loads((run_dir / "results.json").read_text())["pretrain"]
+    assert pretrained["steps"] == 6
+    # the probe's curve lives in the checkpoint: the resumed run keeps the value measured before the kill
+    assert [step for step, _ in pretrained["probe"]] == [3, 6] and pretrained["probe"][0] == before[0]
 
 
 def test_an_installed_plugin_is_a_command_line_choice(tmp_path):

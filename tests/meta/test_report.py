@@ -139,7 +139,7 @@ def test_tables_carry_the_numbers(tmp_path):
     assert "#8, family <code>entity</code>:\ndev EM = 0.5000" in section(text, "summary")
     board = section(text, "leaderboard")
     assert board.count('<tr class="best">') == 1
-    assert table(board)[0][6:] == ["0.480 ± 0.020", "0.500 ± 0.010", "0.460 ± 0.030", "—", "-2.400 ± 0.050",
+    assert table(board)[0][6:] == ["0.480 ± 0.020", "0.500 ± 0.010", "0.460 ± 0.030", "—", "-2.400 ± 0.050", "—",
                                    "1,234", "1,200,000", "3"]
     assert table(board)[1][:5] == ["2", "&lt;b&gt;x&lt;/b&gt;", "learned", "transfer", "—"]
     assert table(board)[1][6:9] == ["0.380", "0.500 ± 0.010", "0.350"]  # a spread unknown is left out
@@ -263,3 +263,23 @@ def test_importances_explain_a_high_first_objective_with_two_objectives():
 
 def test_metric_labels_come_from_the_objectives():
     assert page.metric_label("dev_em") == DEV_EM.label and page.metric_label("mll_nats_per_token") == MLL.label
+
+
+def test_probe_and_fine_tuning_values_are_drawn_apart_each_from_step_zero(tmp_path, drawn):
+    """One step axis, two signals: probe values at pre-training steps, dev EM after the offset, in two figures."""
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("pruning", {"probe_every": 100, "probe_target": "entities", "finetune_offset": 401,
+                                    "finetune_monitor": "dev/em"})
+    full = {100: -4.0, 200: -3.5, 300: -3.2, 400: -3.0, 401: 0.1, 402: 0.2}
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.2, params={"family": "entity"},
+                                 distributions={"family": FAMILIES}, intermediate_values=full))
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={"family": "random"},
+                                 distributions={"family": FAMILIES}, intermediate_values={100: -5.0, 200: -4.9}))
+    write_report(tmp_path / "report.html", study, [], None, {}, [DEV_EM])
+    probe, = by_xlabel(drawn, "pre-training step")
+    finetuning, = by_xlabel(drawn, "fine-tuning epoch")
+    assert probe.axes[0].get_ylabel().startswith("entities-token score")
+    lines = [line.get_xydata().tolist() for line in probe.axes[0].lines if line.get_marker() != "x"]
+    assert sorted(lines) == [[[100, -5.0], [200, -4.9]], [[100, -4.0], [200, -3.5], [300, -3.2], [400, -3.0]]]
+    assert [line.get_xydata().tolist() for line in probe.axes[0].lines if line.get_marker() == "x"] == [[[200, -4.9]]]
+    assert [line.get_xydata().tolist() for line in finetuning.axes[0].lines] == [[[0, 0.1], [1, 0.2]]]

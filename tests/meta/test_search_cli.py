@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 TINY = ["task.n_people=40", "task.biographies_per_person=2", "pretrain.steps=6", "pretrain.batch_size=8",
         "pretrain.checkpoint_every=6", "finetune.epochs=2", "finetune.batch_size=8", "score.passes=4",
         "score.max_sequences=20", "trainer.enable_progress_bar=false", "search.n_workers=1",
-        "search.final.seeds=[1]", "search.heartbeat_interval=1", "search.grace_period=3"]
+        "search.final.seeds=[1]", "search.heartbeat_interval=1", "search.grace_period=3", "pretrain.probe.every=3",
+        "pretrain.probe.passes=2", "pretrain.probe.max_sequences=10"]
 
 
 def command(*overrides: str) -> list[str]:
@@ -61,7 +62,8 @@ def test_a_search_writes_leaderboard_report_and_best_policy(tmp_path):
     assert (out / "best_policy").is_dir() or (out / "best_policy.yaml").is_file()
     # the search never touched test: neither its trial records nor its trial runs hold a test metric
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
-        assert set(trial.user_attrs["metrics"]) == {"dev_em", "dev_f1", "mll_nats_per_token"}
+        assert set(trial.user_attrs["metrics"]) == {"dev_em", "dev_f1", "mll_nats_per_token",
+                                                    "mll_entities_nats_per_token"}
         downstream = json.loads((out / f"trials/{trial.number:04d}/results.json").read_text())["downstream"]
         assert downstream["test_em"] is None and downstream["test_f1"] is None and downstream["dev_em"] >= 0
     finals = sorted(out.glob("final/*/seed-*/results.json"))
@@ -110,6 +112,10 @@ def test_two_workers_record_every_trial_exactly_once(tmp_path):
     assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) >= 4
     assert sorted(p.name for p in (out / "trials").iterdir()) == [f"{n:04d}" for n in sorted(numbers)]
     assert (out / "workers/worker-1.out").exists()
+    # the final re-runs ran side by side in two processes, one per family's best trial
+    finals = sorted(out.glob("final/*/seed-1/results.json"))
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert len(finals) == len(board) >= 2 and all(row["test_em"] is not None for row in board)
 
 
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path):
@@ -167,7 +173,7 @@ def test_two_objectives_and_a_transferred_policy(tmp_path):
 def test_an_mll_search_is_not_pruned_on_dev_em_and_ranks_and_labels_by_mll(tmp_path):
     out = tmp_path / "run"
     run("search.n_trials=3", "search.objectives=[mll]", "search/pruner=threshold", "search.pruner.lower=2.0",
-        f"hydra.run.dir={out}", cwd=tmp_path)
+        "search.pruning.pretraining=false", f"hydra.run.dir={out}", cwd=tmp_path)
     trials = study_of(out).get_trials()
     # a threshold of 2.0 EM would prune every trial on dev EM at its first epoch; on MLL nothing can be pruned
     assert all(t.state == TrialState.COMPLETE and not t.intermediate_values for t in trials)
@@ -177,3 +183,20 @@ def test_an_mll_search_is_not_pruned_on_dev_em_and_ranks_and_labels_by_mll(tmp_p
     assert scores == sorted(scores, reverse=True)
     html = (out / "report.html").read_text()
     assert "MLL score (nats/token)" in html and json.loads((out / "search.json").read_text())["objectives"] == ["mll"]
+
+
+def test_pruning_during_pre_training_stops_a_trial_at_its_first_probe(tmp_path):
+    out = tmp_path / "run"
+    # the probe's score is a negative number of nats per token: a lower threshold of 0 prunes at its first value
+    run("search.n_trials=2", "search/pruner=threshold", "search.pruner.lower=0.0", f"hydra.run.dir={out}",
+        cwd=tmp_path)
+    study = study_of(out)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
+    assert all(list(t.intermediate_values) == [3] and t.intermediate_values[3] < 0 for t in trials)
+    assert study.user_attrs["pruning"] == {"probe_every": 3, "probe_target": "entities", "finetune_offset": 7,
+                                           "finetune_monitor": "dev/em"}
+    for trial in trials:  # stopped at step 3 of 6: no fine-tuning, no results
+        assert not (out / f"trials/{trial.number:04d}/finetune").exists()
+        assert not (out / f"trials/{trial.number:04d}/results.json").exists()
+    assert "pre-training step" in (out / "report.html").read_text()

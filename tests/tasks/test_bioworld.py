@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 import time
@@ -13,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from maskpolicy.tasks.base import SPLITS, Task, TaskError
+from maskpolicy.tasks.base import SPLITS, GeneralText, Task, TaskError
 from maskpolicy.tasks.data.bioworld import ATTRIBUTES, QUESTIONS, TEMPLATES, BioWorld
 from maskpolicy.tasks.data.splits import split_subjects
 
@@ -219,3 +221,76 @@ def test_builds_from_a_hydra_config_with_list_knobs() -> None:
     world = instantiate(config)
     assert world.attributes == ("major", "birth_city")
     assert [len(world.qa(split)) for split in SPLITS] == [18 * 2, 6 * 2, 6 * 2]
+
+
+# -- general text (for the base model) ------------------------------------------------------
+
+# Digests of corpus, QA and held-out text taken before general text existed: the world must not move.
+WORLD_DIGESTS = [
+    ({}, "105dfb9f480fa68e0ebe67980e37a8b9d4c00073a76b307592a54748324a7515"),
+    ({"seed": 3, "n_people": 100, "sentence_examples": True},
+     "77dd76f1353ebbcbf1834b33f50ed175a4014abdefdecbf510fa144de71dc19f"),
+    ({"seed": 7, "n_people": 40, "n_values": 12, "n_first_names": 5, "attributes": ["major", "birth_year"]},
+     "439376ea7015304ad75aa2bda3da21112c686a57331db2df91920c4fdd89c917"),
+]
+
+
+def _world_digest(world: BioWorld) -> str:
+    digest = hashlib.sha256()
+    for document in world.corpus():
+        digest.update(json.dumps([document.text, document.entities]).encode())
+    for split in SPLITS:
+        for q in world.qa(split):
+            digest.update(json.dumps([q.question, q.answer, q.subject, q.context, q.answer_start, q.aliases]).encode())
+    for document in world.heldout():
+        digest.update(json.dumps([document.text, document.entities]).encode())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize(("knobs", "expected"), WORLD_DIGESTS)
+def test_the_world_is_byte_identical_to_before_general_text_and_asking_for_it_changes_nothing(knobs, expected):
+    world = BioWorld(**knobs)
+    assert _world_digest(world) == expected
+    world.general_corpus(30)
+    assert _world_digest(world) == expected
+
+
+def test_general_text_is_other_people_written_alike(small: BioWorld) -> None:
+    general = small.general_corpus(25)
+    assert isinstance(small, GeneralText)
+    assert len(general) == 25 * small.biographies_per_person
+    marked = [document.text[start:end] for document in general for start, end in document.entities]
+    names = {m for m in marked if " " in m}  # names are two words, values one
+    assert len(names) == 25
+    ours = {p.name for p in small.people}
+    last_names = {p.last_name for p in small.people}
+    values = {value for values in small.values.values() for value in values}
+    assert names.isdisjoint(ours)
+    assert all(name.split()[0] in small.first_names for name in names)
+    assert {name.split()[1] for name in names}.isdisjoint(last_names | values | set(small.first_names))
+    assert {m for m in marked if m not in names} <= values  # every fact's value comes from the task's lists
+    assert all(len(document.entities) == 2 * len(small.attributes) for document in general)
+
+
+def test_general_text_holds_no_fact_of_the_task(small: BioWorld) -> None:
+    general = small.general_corpus(60)
+    text = " ".join(document.text for document in general)
+    assert not any(person.name in text for person in small.people)
+    used = {document.text[start:end] for document in general for start, end in document.entities}
+    assert all(value in used for values in small.values.values() for value in values)  # the whole vocabulary
+
+
+def test_general_text_is_seeded_and_follows_the_document_knobs() -> None:
+    world = BioWorld(seed=2, n_people=20, biographies_per_person=2, sentence_examples=True)
+    general = world.general_corpus(10)
+    assert general == BioWorld(seed=2, n_people=20, biographies_per_person=2, sentence_examples=True
+                               ).general_corpus(10)
+    assert general != BioWorld(seed=3, n_people=20, biographies_per_person=2, sentence_examples=True
+                               ).general_corpus(10)
+    assert len(general) == 10 * 2 + 10 * 6
+
+
+@pytest.mark.parametrize("size", [0, -1, 1.5, True])
+def test_general_text_size_must_be_a_positive_integer(small: BioWorld, size) -> None:
+    with pytest.raises(TaskError, match="general corpus size"):
+        small.general_corpus(size)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from maskpolicy.tasks.base import SPLITS, Task, TaskError
+from maskpolicy.tasks.base import SPLITS, GeneralText, Task, TaskError
 from maskpolicy.tasks.data.squad import SquadTask, squad_layout
+from maskpolicy.tasks.data.tagging import RuleTagger
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/squad-sample/dev-sample.json"
 
@@ -200,3 +201,49 @@ def test_bad_knobs(knobs: dict) -> None:
 def test_hub_loading_without_datasets_says_what_to_install() -> None:
     with pytest.raises(TaskError, match="pip install datasets"):
         SquadTask(hf_dataset="squad")
+
+
+# -- general text (for the base model) ------------------------------------------------------
+
+
+def _write(path: Path, titles: list[str]) -> Path:
+    data = [_article(t, [f"{t} paragraph {k} names Place{t}{k}." for k in range(3)]) for t in titles]
+    path.write_text(json.dumps({"data": data}))
+    return path
+
+
+def test_general_text_comes_from_other_files(tiny: Path, tmp_path: Path) -> None:
+    first, second = _write(tmp_path / "g1.json", ["G1", "G2"]), _write(tmp_path / "g2.json", ["G3"])
+    task = SquadTask(path=str(tiny), general_path=[str(first), str(second)], tagger=RuleTagger())
+    assert isinstance(task, GeneralText)
+    general = task.general_corpus(100)
+    assert [d.text.split()[0] for d in general] == ["G1"] * 3 + ["G2"] * 3 + ["G3"] * 3
+    assert {d.text for d in general}.isdisjoint(d.text for d in task.corpus())
+    assert all(d.entities for d in general)  # tagged like the corpus
+    assert [d.text for d in task.general_corpus(4)] == [d.text for d in general[:4]]
+    assert SquadTask(path=str(tiny), general_path=str(second), tagger=RuleTagger()).general_corpus(10) == general[6:]
+
+
+def test_without_general_text_the_error_names_both_fixes(tiny: Path) -> None:
+    with pytest.raises(TaskError, match=r"set task.general_path .* or set base.enabled=false"):
+        SquadTask(path=str(tiny)).general_corpus(10)
+
+
+def test_general_text_sharing_a_paragraph_with_the_task_is_refused(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(TaskError, match="shares 8 paragraph"):
+        SquadTask(path=str(tiny), general_path=str(tiny)).general_corpus(10)
+
+
+@pytest.mark.parametrize("content", [None, "{not json", json.dumps({"data": 3})])
+def test_a_bad_general_file_is_named(tiny: Path, tmp_path: Path, content: str | None) -> None:
+    general = tmp_path / "general.json"
+    if content is not None:
+        general.write_text(content)
+    with pytest.raises(TaskError, match="task.general_path: .*general.json"):
+        SquadTask(path=str(tiny), general_path=str(general)).general_corpus(10)
+
+
+@pytest.mark.parametrize(("general_path", "size"), [([], 10), ([3], 10), ("g.json", 0)])
+def test_bad_general_knobs(tiny: Path, general_path, size: int) -> None:
+    with pytest.raises(TaskError, match="general"):
+        SquadTask(path=str(tiny), general_path=general_path).general_corpus(size)

@@ -136,8 +136,9 @@ def rate_curves(curves: Sequence[Curve], colours: Mapping[str, str]) -> Figure:
     return figure
 
 
-def learning_curves(curves: Sequence[Curve], label: str, colours: Mapping[str, str]) -> Figure:
-    """The monitored value per fine-tuning epoch, one thin line per trial; a cross where pruning stopped a trial."""
+def learning_curves(curves: Sequence[Curve], label: str, colours: Mapping[str, str],
+                    xlabel: str = "fine-tuning epoch") -> Figure:
+    """The reported value per step (``xlabel``), one thin line per trial; a cross where pruning stopped a trial."""
     figure = _figure()
     axis = figure.subplots()
     _grid(axis)
@@ -150,7 +151,7 @@ def learning_curves(curves: Sequence[Curve], label: str, colours: Mapping[str, s
     if any(curve.pruned for curve in curves):
         handles.append(Line2D([], [], color="#555", marker="x", linestyle="none", label="pruned here"))
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_xlabel("fine-tuning epoch")
+    axis.set_xlabel(xlabel)
     axis.set_ylabel(_plot_label(label))
     _legend(axis, handles)
     return figure

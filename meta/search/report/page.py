@@ -10,6 +10,7 @@ import json
 import math
 import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
@@ -27,7 +28,7 @@ from maskpolicy.meta.search.report.figures import Curve, Panel, Point
 FAMILY = "family"
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
-LEADERBOARD_METRICS = ("dev_em", "dev_f1", "test_em", "test_f1", "mll_nats_per_token")
+LEADERBOARD_METRICS = ("dev_em", "dev_f1", "test_em", "test_f1", "mll_nats_per_token", "mll_entities_nats_per_token")
 OTHER_METRIC_LABELS = {"dev_f1": "dev F1", "test_em": "test EM", "test_f1": "test F1"}
 SCATTER = (MLL, DEV_EM)  # x, y: the label-free score against the downstream metric, whatever the objectives
 SECTIONS = {"summary": "Summary", "leaderboard": "Leaderboard", "history": "Optimisation history",
@@ -38,7 +39,8 @@ SECTIONS = {"summary": "Summary", "leaderboard": "Leaderboard", "history": "Opti
 
 def write_report(path: Path, study: optuna.Study, leaderboard: Sequence[Mapping[str, Any]],
                  correlation: Mapping[str, Any] | None, curves: Mapping[str, Mapping[str, Any]],
-                 objectives: Sequence[Objective], title: str = "maskpolicy search") -> Path:
+                 objectives: Sequence[Objective], title: str = "maskpolicy search",
+                 targeted: Mapping[str, Any] | None = None) -> Path:
     """Writes the study's HTML report atomically and returns its path.
 
     Args:
@@ -46,6 +48,7 @@ def write_report(path: Path, study: optuna.Study, leaderboard: Sequence[Mapping[
         study: the finished (or interrupted) Optuna study; ``trial.values`` align with ``objectives``.
         leaderboard: the final re-runs' rows, best first by the first objective.
         correlation: the rank correlation between the MLL score and dev EM over completed trials, or None.
+        targeted: the same for the entity-token score (``score.targets`` with ``entities``), or None.
         curves: leaderboard label → ``{"family", "rate": [...], "S": [...]}``, S_m of the best policies.
         objectives: what the study optimised, in the order of ``trial.values``.
         title: the page title.
@@ -57,7 +60,8 @@ def write_report(path: Path, study: optuna.Study, leaderboard: Sequence[Mapping[
     if [objective.direction for objective in objectives] != [d.name.lower() for d in study.directions]:
         raise ValueError(f"the study's directions {[d.name.lower() for d in study.directions]} are not those of the "
                          f"objectives {[objective.name for objective in objectives]}")
-    return write_text(path, _template().render(_context(study, leaderboard, correlation, curves, objectives, title)))
+    return write_text(path, _template().render(_context(study, leaderboard, correlation, curves, objectives, title)
+                                                  | {"targeted": _correlation(targeted)}))
 
 
 def _context(study: optuna.Study, leaderboard: Sequence[Mapping[str, Any]], correlation: Mapping[str, Any] | None,
@@ -217,15 +221,42 @@ def _rate_curves(curves: Mapping[str, Mapping[str, Any]], colours: Mapping[str, 
     return figures.png_base64(figures.rate_curves(lines, colours)) if lines else None
 
 
+@dataclass(frozen=True)
+class _Stage:
+    """One kind of value a trial reports to the pruner: its steps ``[start, stop)``, shown from ``start``."""
+
+    xlabel: str
+    label: str
+    start: int
+    stop: float
+
+
 def _learning_curves(study: optuna.Study, objectives: Sequence[Objective],
-                     colours: Mapping[str, str]) -> str | None:
-    """What the pruner saw: the monitored value per fine-tuning epoch of every trial that reported one."""
+                     colours: Mapping[str, str]) -> list[dict[str, str]]:
+    """What the pruner saw, one figure per stage: the pre-training probe per step, the monitored value per
+    fine-tuning epoch (reported after an offset, ``study.user_attrs["pruning"]``)."""
+    plan = study.user_attrs.get("pruning") or {}
+    offset = int(plan.get("finetune_offset") or 0)
+    stages = []
+    if plan.get("probe_every"):
+        stages.append(_Stage("pre-training step", f"{plan.get('probe_target')}-token score (nats/token)", 0, offset))
     monitor = pruning_monitor(objectives)
-    lines = [Curve(str(trial.number), _family(trial), _reported(trial), trial.state == TrialState.PRUNED)
-             for trial in _trials(study, *STATES) if monitor and _reported(trial)]
-    if not lines:
-        return None
-    return figures.png_base64(figures.learning_curves(lines, monitor.label, colours))
+    if monitor:
+        stages.append(_Stage("fine-tuning epoch", monitor.label, offset, math.inf))
+    trials = [trial for trial in _trials(study, *STATES) if _reported(trial)]
+    figures_ = []
+    for stage in stages:
+        lines = []
+        for trial in trials:
+            reported = _reported(trial)
+            points = [(step - stage.start, value) for step, value in reported if stage.start <= step < stage.stop]
+            stopped_here = trial.state == TrialState.PRUNED and stage.start <= reported[-1][0] < stage.stop
+            if points:
+                lines.append(Curve(str(trial.number), _family(trial), points, stopped_here))
+        if lines:
+            figure = figures.learning_curves(lines, stage.label, colours, stage.xlabel)
+            figures_.append({"png": figures.png_base64(figure), "xlabel": stage.xlabel, "label": stage.label})
+    return figures_
 
 
 # --- rendering ----------------------------------------------------------------------------------------------------

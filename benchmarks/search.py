@@ -52,8 +52,10 @@ def arm_name(arm: Arm) -> str:
 def arm_command(arm: Arm, out: Path, args: argparse.Namespace) -> list[str]:
     sampler, mode, repetition = arm
     return [sys.executable, "-m", "maskpolicy.meta.commands.search", "search/space=grid",
-            f"search/sampler={SAMPLERS[sampler]}", *MODES[mode], f"pretrain.probe.every={args.probe_every}"
-            if mode == "probe" else "pretrain.probe.every=0", f"search.n_trials={args.trials}",
+            f"search/sampler={SAMPLERS[sampler]}", *MODES[mode], *(
+                [f"pretrain.probe.every={args.probe_every}", f"pretrain.probe.target={args.probe_target}",
+                 f"search.pruner.n_warmup_steps={args.warmup}"]
+                if mode == "probe" else ["pretrain.probe.every=0"]), f"search.n_trials={args.trials}",
             "search.every_family_first=false", "search.n_workers=1", "search.final.n_seeds=0",
             f"task.n_people={args.people}", f"pretrain.steps={args.steps}", f"pretrain.checkpoint_every={args.steps}",
             f"finetune.epochs={args.epochs}", f"seed={args.seed + repetition}", "trainer.enable_progress_bar=false",
@@ -153,6 +155,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--probe-every", type=int, default=100)
+    parser.add_argument("--probe-target", default="answers", choices=["answers", "entities", "all"])
+    parser.add_argument("--warmup", type=int, default=200, help="no pruning before this pre-training step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--root", default=None, help="keep the studies here (default: a temporary folder)")

@@ -76,23 +76,29 @@ class ProbePruning(pl.Callback):
     """Pruning during pre-training: reports each value a :class:`~maskpolicy.meta.scoring.probe.ScoreProbe`
     measures (step = the pre-training step) and stops pre-training when the pruner gives the trial up.
 
+    Values measured before ``start_fraction`` of pre-training are not reported: early in
+    pre-training the probe can rank policies that learn slower but further (a learned
+    policy masking only answer slots) below the others, measured in the README.
     The probe must come before this callback in the trainer's list (it measures in the same hook).
     Its score improves upwards, so the study must maximise.
     """
 
-    def __init__(self, trial: optuna.trial.BaseTrial, probe: ScoreProbe) -> None:
+    def __init__(self, trial: optuna.trial.BaseTrial, probe: ScoreProbe, start_fraction: float = 0.0) -> None:
         super().__init__()
         _check_direction(trial, probe.name, StudyDirection.MAXIMIZE)
-        self.trial, self.probe = trial, probe
+        if not 0.0 <= start_fraction < 1.0:
+            raise SearchConfigError(f"search.pruning.start_fraction must be in [0, 1), got {start_fraction}")
+        self.trial, self.probe, self.start_fraction = trial, probe, start_fraction
         self.pruned_at: int | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        value = self.probe.latest(trainer.global_step)
-        if value is None or self.pruned_at is not None:
+        step = trainer.global_step
+        value = self.probe.latest(step)
+        if value is None or self.pruned_at is not None or step < self.start_fraction * trainer.max_steps:
             return
-        if _report(self.trial, trainer, value, trainer.global_step):
-            self.pruned_at = trainer.global_step
+        if _report(self.trial, trainer, value, step):
+            self.pruned_at = step
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.pruned_at is not None:

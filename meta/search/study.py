@@ -69,6 +69,7 @@ class PruningPlan:
     probe_target: str | None
     finetune_offset: int
     reason: str = ""
+    start_fraction: float = 0.0   # probe values before this share of pre-training are not reported
 
     @property
     def active(self) -> bool:
@@ -76,7 +77,7 @@ class PruningPlan:
 
     def record(self) -> dict[str, Any]:
         return {"probe_every": self.probe_every, "probe_target": self.probe_target,
-                "finetune_offset": self.finetune_offset,
+                "start_fraction": self.start_fraction, "finetune_offset": self.finetune_offset,
                 "finetune_monitor": self.objective.monitor if self.objective else None}
 
     def callbacks(self, trial: optuna.Trial) -> StageCallbacks:
@@ -87,7 +88,8 @@ class PruningPlan:
                       if self.objective.monitor else [])
         if self.probe_every is None:
             return StageCallbacks(finetuning=finetuning)
-        return StageCallbacks(pretraining=lambda probe: [ProbePruning(trial, probe)] if probe else [],
+        return StageCallbacks(pretraining=lambda probe: [ProbePruning(trial, probe, self.start_fraction)] if probe
+                              else [],
                               finetuning=finetuning)
 
 
@@ -146,15 +148,24 @@ def pruning_plan(cfg: DictConfig, space: SearchSpace, objectives: Sequence[Objec
     shortest = min([cfg.pretrain.steps, *(min(values) for values in budgets)]) if budgets else cfg.pretrain.steps
     objective = objective_defs.pruned_objective(objectives)
     every = cfg.pretrain.probe.every if cfg.search.pruning.pretraining else 0
+    start = float(cfg.search.pruning.get("start_fraction") or 0.0)
     if objective is None:
         return PruningPlan(None, None, None, longest + 1, "Optuna prunes single-objective studies only")
+    if not 0.0 <= start < 1.0:
+        raise SearchConfigError(f"search.pruning.start_fraction must be in [0, 1), got {start}")
     if every and every > shortest:
         raise SearchConfigError(
             f"pretrain.probe.every={every} is longer than the shortest pre-training budget ({shortest} steps): the "
             "probe would never run, so no trial could be pruned during pre-training; lower pretrain.probe.every or "
             "set search.pruning.pretraining=false"
         )
-    plan = PruningPlan(objective, every or None, cfg.pretrain.probe.target if every else None, longest + 1)
+    if every and (shortest // every) * every < start * shortest:
+        raise SearchConfigError(
+            f"with pretrain.probe.every={every} the shortest pre-training budget ({shortest} steps) has no probe "
+            f"after search.pruning.start_fraction={start} of it; lower either"
+        )
+    plan = PruningPlan(objective, every or None, cfg.pretrain.probe.target if every else None, longest + 1,
+                       start_fraction=start if every else 0.0)
     if not plan.active:
         return dataclasses.replace(plan, reason=f"the objective {objective.name} is known only when a trial ends and "
                                                 "search.pruning.pretraining is off")

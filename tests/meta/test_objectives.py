@@ -92,6 +92,9 @@ def test_default_final_seeds_follow_the_search_seed():
     (["search.objectives=[mll]", "score.enabled=false"], "set score.enabled=true and include all"),
     (["pretrain.probe.every=500"], r"pretrain.probe.every=500 is longer than the shortest pre-training budget "
                                    r"\(400 steps\)"),
+    (["pretrain.probe.every=300", "search.pruning.start_fraction=0.9"], r"has no probe after "
+                                                                         r"search.pruning.start_fraction=0.9"),
+    (["search.pruning.start_fraction=1.0"], r"start_fraction must be in \[0, 1\)"),
 ])
 def test_signals_a_search_cannot_get_are_refused_before_any_trial(tmp_path, overrides, message):
     with pytest.raises(SearchConfigError, match=message):
@@ -109,7 +112,8 @@ def test_the_pruning_plan_puts_epochs_past_the_longest_budget_the_space_can_draw
     cfg.search.space = {"families": {"random": {"rate": 0.2}},
                         "budget": {"pretrain.steps": {"type": "int", "low": 100, "high": 900, "step": 100}}}
     plan = study.prepare(cfg, tmp_path).pruning
-    assert (plan.probe_every, plan.probe_target, plan.finetune_offset) == (100, "entities", 901)
+    assert (plan.probe_every, plan.probe_target, plan.finetune_offset, plan.start_fraction) == (100, "answers", 901,
+                                                                                                0.5)
     cfg.pretrain.probe.every = 200
     with pytest.raises(SearchConfigError, match=r"shortest pre-training budget \(100 steps\)"):
         study.prepare(cfg, tmp_path / "other")

@@ -152,3 +152,19 @@ def test_fine_tuning_reports_after_the_pre_training_steps(tmp_path):
 def test_a_minimising_study_cannot_be_pruned_on_the_probe():
     with pytest.raises(SearchConfigError, match="create the study with direction='maximize'"):
         ProbePruning(optuna.create_study(direction="minimize").ask(), ScriptedProbe())
+
+
+def test_probe_values_before_the_start_fraction_are_not_reported(tmp_path):
+    """Half of 20 steps: the values at 2..8 (0.5..0.2, below the threshold) are measured but never judged."""
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.35))
+    trial = study.ask()
+    trainer = step_trainer([ProbePruning(trial, ScriptedProbe(), start_fraction=0.5)], tmp_path)
+    with pytest.raises(optuna.TrialPruned, match="pruned at pre-training step 10"):
+        fit_steps(trainer)
+    assert study.trials[0].intermediate_values == pytest.approx({10: 0.1})
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_a_start_fraction_outside_zero_one_is_refused(fraction):
+    with pytest.raises(SearchConfigError, match=r"start_fraction must be in \[0, 1\)"):
+        ProbePruning(optuna.create_study(direction="maximize").ask(), ScriptedProbe(), start_fraction=fraction)

@@ -188,14 +188,14 @@ def test_an_mll_search_is_not_pruned_on_dev_em_and_ranks_and_labels_by_mll(tmp_p
 def test_pruning_during_pre_training_stops_a_trial_at_its_first_probe(tmp_path):
     out = tmp_path / "run"
     # the probe's score is a negative number of nats per token: a lower threshold of 0 prunes at its first value
-    run("search.n_trials=2", "search/pruner=threshold", "search.pruner.lower=0.0", f"hydra.run.dir={out}",
-        cwd=tmp_path)
+    run("search.n_trials=2", "search/pruner=threshold", "search.pruner.lower=0.0", "search.pruning.start_fraction=0",
+        f"hydra.run.dir={out}", cwd=tmp_path)
     study = study_of(out)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2
     assert all(list(t.intermediate_values) == [3] and t.intermediate_values[3] < 0 for t in trials)
-    assert study.user_attrs["pruning"] == {"probe_every": 3, "probe_target": "entities", "finetune_offset": 7,
-                                           "finetune_monitor": "dev/em"}
+    assert study.user_attrs["pruning"] == {"probe_every": 3, "probe_target": "answers", "start_fraction": 0.0,
+                                           "finetune_offset": 7, "finetune_monitor": "dev/em"}
     for trial in trials:  # stopped at step 3 of 6: no fine-tuning, no results
         assert not (out / f"trials/{trial.number:04d}/finetune").exists()
         assert not (out / f"trials/{trial.number:04d}/results.json").exists()

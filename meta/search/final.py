@@ -95,7 +95,9 @@ def _run_or_resume(cfg: DictConfig, configuration: FinalConfiguration, seed: int
     if (directory / schema.RESULTS_FILE).exists():
         return schema.load(directory, PretrainResults)
     log.info("final run: %s, seed %d", configuration.label, seed)
-    return run_configuration(cfg, configuration.policy, configuration.overrides, seed, directory,
+    # the pre-training probe serves pruning, which final re-runs never do
+    overrides = {**configuration.overrides, "pretrain.probe.every": 0}
+    return run_configuration(cfg, configuration.policy, overrides, seed, directory,
                              RunNames(configuration.family, names.task, names.model), test=True)
 
 

@@ -66,8 +66,11 @@ def test_a_search_writes_leaderboard_report_and_best_policy(tmp_path):
                                                     "mll_entities_nats_per_token"}
         downstream = json.loads((out / f"trials/{trial.number:04d}/results.json").read_text())["downstream"]
         assert downstream["test_em"] is None and downstream["test_f1"] is None and downstream["dev_em"] >= 0
+        probe = json.loads((out / f"trials/{trial.number:04d}/results.json").read_text())["pretrain"]["probe"]
+        assert [step for step, _ in probe] == [3, 6]  # a trial probes its pre-training for the pruner
     finals = sorted(out.glob("final/*/seed-*/results.json"))
     assert finals and all(json.loads(f.read_text())["downstream"]["test_em"] is not None for f in finals)
+    assert all(json.loads(f.read_text())["pretrain"]["probe"] == [] for f in finals)  # a final run is never pruned
     assert {f.parent.name for f in finals} == {"seed-1"} and summary["final_seeds"] == [1]
 
 

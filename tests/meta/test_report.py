@@ -283,3 +283,6 @@ def test_probe_and_fine_tuning_values_are_drawn_apart_each_from_step_zero(tmp_pa
     assert sorted(lines) == [[[100, -5.0], [200, -4.9]], [[100, -4.0], [200, -3.5], [300, -3.2], [400, -3.0]]]
     assert [line.get_xydata().tolist() for line in probe.axes[0].lines if line.get_marker() == "x"] == [[[200, -4.9]]]
     assert [line.get_xydata().tolist() for line in finetuning.axes[0].lines] == [[[0, 0.1], [1, 0.2]]]
+    history, = by_xlabel(drawn, "trial number")  # a probe value (nats) is no dev EM: no cross for that trial
+    assert all(y >= 0 for c in history.axes[0].collections for _, y in c.get_offsets())
+    assert not [line for line in history.axes[0].lines if line.get_marker() == "x"]

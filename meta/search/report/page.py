@@ -171,8 +171,13 @@ def _failures(study: optuna.Study) -> list[dict[str, Any]]:
 def _history(study: optuna.Study, objectives: Sequence[Objective], colours: Mapping[str, str]) -> str | None:
     """Each objective by trial number; a pruned trial's last report goes in the panel of the objective it tracked."""
     completed, monitor = _trials(study, TrialState.COMPLETE), pruning_monitor(objectives)
-    pruned = [Point(trial.number, _reported(trial)[-1][1], _family(trial))
-              for trial in _trials(study, TrialState.PRUNED) if _reported(trial)]
+    # only the monitor's own values (after the fine-tuning offset): a probe value is in other units
+    offset = int((study.user_attrs.get("pruning") or {}).get("finetune_offset") or 0)
+    pruned = []
+    for trial in _trials(study, TrialState.PRUNED):
+        values = [value for step, value in _reported(trial) if step >= offset]
+        if values:
+            pruned.append(Point(trial.number, values[-1], _family(trial)))
     panels = [Panel(objective.label, objective.direction == "maximize",
                     [Point(t.number, t.values[index], _family(t)) for t in completed if _finite(t.values[index])],
                     pruned if objective is monitor else ())

@@ -46,7 +46,7 @@ def test_each_objective_set_prunes_returns_and_directs_the_right_values(tmp_path
 
     monkeypatch.setattr(study, "run_configuration", fake_run)
     cfg = search_cfg(f"search.objectives=[{','.join(names)}]", "search.every_family_first=false",
-                     f"search.pruning.pretraining={str(probe_pruning).lower()}")
+                     f"search.pruning.pretraining={str(probe_pruning).lower()}", "pretrain.probe.every=100")
     search = study.prepare(cfg, tmp_path)
     assert search.study.directions == [optuna.study.StudyDirection.MAXIMIZE] * len(names)
     pruned = (during_pretraining and probe_pruning) or bool(finetuning_monitors)
@@ -108,7 +108,7 @@ def test_the_targeted_score_is_an_objective(make_run):
 
 
 def test_the_pruning_plan_puts_epochs_past_the_longest_budget_the_space_can_draw(tmp_path):
-    cfg = search_cfg()
+    cfg = search_cfg("pretrain.probe.every=100")
     cfg.search.space = {"families": {"random": {"rate": 0.2}},
                         "budget": {"pretrain.steps": {"type": "int", "low": 100, "high": 900, "step": 100}}}
     plan = study.prepare(cfg, tmp_path).pruning

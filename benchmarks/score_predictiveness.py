@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from processes import run_at_most  # benchmarks/ is on sys.path when a script here runs
 from scipy.stats import spearmanr
 
 from maskpolicy.meta.results import schema
@@ -70,29 +71,14 @@ def run_command(family: str, steps: int, start: str, seed: int, out: Path, polic
 
 
 def run_grid(args: argparse.Namespace, root: Path) -> dict[tuple, PretrainResults]:
+    """Every run of the grid (finished ones read back), ``args.parallel`` at a time."""
     policy_path = learned_policy(root)
     grid = list(itertools.product(args.starts, args.steps, FAMILIES, args.seeds))
-    pending, running, done = list(grid), [], {}
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            key = pending.pop(0)
-            out = root / "-".join(map(str, key))
-            if (out / schema.RESULTS_FILE).exists():
-                done[key] = schema.load(out, PretrainResults)
-                continue
-            log = open(root / f"{out.name}.log", "w")  # noqa: SIM115 (closed when the run ends)
-            command = run_command(key[2], key[1], key[0], key[3], out, policy_path, args)
-            running.append((key, out, log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=ENV)))
-        for entry in list(running):
-            key, out, log, process = entry
-            if process.poll() is not None:
-                log.close()
-                if process.returncode != 0:
-                    raise RuntimeError(f"run {key} failed; see {log.name}")
-                done[key] = schema.load(out, PretrainResults)
-                running.remove(entry)
-        time.sleep(1)
-    return done
+    out = {key: root / "-".join(map(str, key)) for key in grid}
+    jobs = {key: (run_command(key[2], key[1], key[0], key[3], out[key], policy_path, args),
+                  root / f"{out[key].name}.log") for key in grid}
+    run_at_most(jobs, args.parallel, ENV, lambda key: (out[key] / schema.RESULTS_FILE).exists())
+    return {key: schema.load(out[key], PretrainResults) for key in grid}
 
 
 def rho(xs: list[float], ys: list[float]) -> dict:

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+from processes import run_at_most  # benchmarks/ is on sys.path when a script here runs
 
 SAMPLERS = {"tpe": "tpe", "random": "random", "grid": "brute_force"}
 MEDIAN = ["search/pruner=median", "search.pruner.n_startup_trials=2"]
@@ -65,27 +65,10 @@ def arm_command(arm: Arm, out: Path, args: argparse.Namespace) -> list[str]:
 def run_arms(arms: list[Arm], root: Path, args: argparse.Namespace) -> dict[Arm, Path]:
     """Runs the arms ``args.parallel`` at a time (a finished arm is read back); returns each arm's run directory."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    pending, running, done = list(arms), [], {}
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            arm = pending.pop(0)
-            out = root / arm_name(arm)
-            if (out / "search.json").exists():
-                done[arm] = out
-                continue
-            log = open(root / f"{arm_name(arm)}.log", "w")  # noqa: SIM115 (closed when the arm ends)
-            running.append((arm, out, log, subprocess.Popen(arm_command(arm, out, args), stdout=log,
-                                                            stderr=subprocess.STDOUT, env=env)))
-        for entry in list(running):
-            arm, out, log, process = entry
-            if process.poll() is not None:
-                log.close()
-                if process.returncode != 0:
-                    raise RuntimeError(f"arm {arm} failed; see {log.name}")
-                done[arm] = out
-                running.remove(entry)
-        time.sleep(1)
-    return done
+    out = {arm: root / arm_name(arm) for arm in arms}
+    jobs = {arm: (arm_command(arm, out[arm], args), root / f"{arm_name(arm)}.log") for arm in arms}
+    run_at_most(jobs, args.parallel, env, lambda arm: (out[arm] / "search.json").exists())
+    return out
 
 
 def curve(run_dir: Path) -> dict:

@@ -34,7 +34,7 @@ from maskpolicy.meta.results.schema import (
     PretrainStats,
 )
 from maskpolicy.meta.scoring.probe import ScoreProbe
-from maskpolicy.meta.scoring.text import score_targets, target_documents
+from maskpolicy.meta.scoring.text import score_text, target_documents
 from maskpolicy.policies import MaskingPolicy
 from maskpolicy.tasks.base import Document, Task, TaskError
 from maskpolicy.tasks.text.encoding import encode_documents
@@ -188,8 +188,8 @@ def score(cfg: DictConfig, run: Setup) -> dict[str, MLLScore]:
     scores = {}
     for target in _targets(options):  # one at a time, so each carries its own seconds
         started = time.perf_counter()
-        (estimate,) = score_targets(run.model, run.tokenizer, run.task, run.spec.max_length, estimator, [target],
-                                    options.max_sequences, options.batch_size, cfg.seed).values()
+        estimate = score_text(run.model, run.tokenizer, target_documents(run.task, target), run.spec.max_length,
+                              estimator, options.max_sequences, options.batch_size, cfg.seed, target)
         scores[target] = estimate.score(seconds=round(time.perf_counter() - started, 2))
     return scores
 

@@ -9,7 +9,6 @@ asks whether the model has stored what the questions will ask, without any label
 
 from __future__ import annotations
 
-import logging
 import time
 
 import pytorch_lightning as pl
@@ -18,8 +17,6 @@ from transformers import PreTrainedTokenizerBase
 from maskpolicy.meta.scoring.estimators import MLLError, Stratified
 from maskpolicy.meta.scoring.text import score_text, target_documents
 from maskpolicy.tasks.base import Task
-
-log = logging.getLogger(__name__)
 
 
 class ScoreProbe(pl.Callback):

@@ -1,7 +1,8 @@
 """Scoring masked LMs on text with the cumulative marginal-likelihood estimate, over a target set of tokens.
 
-:func:`score_targets` is what the rest of the project calls: one estimate per ``score.target``
-name (see :mod:`.targets`). A target's documents carry its tokens as character spans in
+:func:`target_documents` gives a ``score.target`` name's documents (see :mod:`.targets`),
+:func:`score_text` scores them, and :func:`score_targets` does both for several names. A
+target's documents carry its tokens as character spans in
 ``Document.entities``; only the tokens inside them are masked and scored, and every other
 token stays visible to the model.
 """

@@ -3,7 +3,7 @@
 from .base import BudgetError, MaskingPolicy, PolicyError, TokenBatch, check_rate
 from .corruption import IGNORE_INDEX, Seq2SeqBatch, mlm_corrupt, sentinel_corrupt
 from .entity import EntityPolicy
-from .features import FEATURE_SIZES, FEATURES, PORTABLE_FEATURES
+from .features import DEFAULT_FEATURES, FEATURE_SIZES, FEATURES, PORTABLE_FEATURES
 from .learned import LearnedPolicy, TokenScorer
 from .mixture import MixturePolicy
 from .registry import ENTRY_POINT_GROUP, available, build, resolve
@@ -16,6 +16,7 @@ __all__ = [
     "IGNORE_INDEX",
     "BudgetError",
     "EntityPolicy",
+    "DEFAULT_FEATURES",
     "FEATURES",
     "FEATURE_SIZES",
     "LearnedPolicy",

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import PolicyError, TokenBatch, check_rate
-from .features import FEATURE_SIZES, FEATURES, check_features
+from .features import DEFAULT_FEATURES, FEATURE_SIZES, check_features
 from .ops import budget, select_count
 
 Sampling = Literal["gumbel", "topk"]
@@ -29,7 +29,9 @@ class TokenScorer(nn.Module):
     packed to their last featured token).
     """
 
-    def __init__(self, features: Sequence[str] = FEATURES, embedding_dim: int = 32, hidden_size: int = 32) -> None:
+    def __init__(
+        self, features: Sequence[str] = DEFAULT_FEATURES, embedding_dim: int = 32, hidden_size: int = 32
+    ) -> None:
         super().__init__()
         self.features = check_features(features)
         self.embeddings = nn.ModuleList(
@@ -57,7 +59,8 @@ class LearnedPolicy:
 
     Args:
         rate: fraction of maskable tokens to mask per row, in (0, 1].
-        features: the feature names the scorer reads (a subset of :data:`.features.FEATURES`).
+        features: the feature names the scorer reads (a subset of :data:`.features.FEATURES`;
+            default :data:`.features.DEFAULT_FEATURES`).
         embedding_dim, hidden_size: scorer sizes.
         sampling: ``"gumbel"`` (Gumbel top-k: varied masks that follow the scores) or
             ``"topk"`` (always the highest-scoring tokens).
@@ -69,11 +72,11 @@ class LearnedPolicy:
     def __init__(
         self,
         rate: float = 0.15,
-        features: Sequence[str] = FEATURES,
+        features: Sequence[str] = DEFAULT_FEATURES,
         embedding_dim: int = 32,
         hidden_size: int = 32,
         sampling: Sampling = "gumbel",
-        temperature: float = 1.0,
+        temperature: float = 0.3,
         seed: int = 0,
         scorer: TokenScorer | None = None,
     ) -> None:

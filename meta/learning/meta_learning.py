@@ -27,6 +27,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from maskpolicy.meta.learning.inner import Engine, InnerBatch, MetaStep, hypergradient
+from maskpolicy.meta.learning.supervised import questions as split_questions
 from maskpolicy.policies import IGNORE_INDEX, LearnedPolicy, TokenBatch
 from maskpolicy.policies.ops import select_count
 from maskpolicy.tasks.base import QAExample, Task, TaskError
@@ -68,7 +69,7 @@ def meta_data(task: Task, split: str, tokenizer: PreTrainedTokenizerBase, spec: 
               features: FeatureSpec) -> MetaData:
     """Groups ``split``'s questions by context; contexts longer than one row keep their first window."""
     by_context: dict[str, list[QAExample]] = defaultdict(list)
-    for example in task.qa(split):
+    for example in split_questions(task, split):
         if example.context is not None:
             by_context[example.context].append(example)
     if not by_context:

@@ -18,17 +18,19 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from maskpolicy.policies import LearnedPolicy
-from maskpolicy.tasks.base import CharSpan, Split, Task, TaskError
+from maskpolicy.tasks.base import SPLITS, CharSpan, QAExample, Split, Task, TaskError
 from maskpolicy.tasks.data.tagging import merge_spans
 from maskpolicy.tasks.text.encoding import encode_documents, pad_rows, token_batch
 from maskpolicy.tasks.text.features import FeatureSpec, word_counts
+
+ALL = "all"  # every split's questions: a task used only to train or only to judge a policy
 
 
 @dataclass(frozen=True)
 class AnswerRows:
     """The contexts of one split encoded with features and, per row, ``Bool[T]``: is the token inside an answer."""
 
-    split: Split
+    split: Split | str
     rows: list[dict]
     answers: list[Tensor]
 
@@ -38,10 +40,17 @@ class AnswerRows:
         return pad_rows([self.rows[i] for i in index], pad_token_id), labels
 
 
-def answer_spans(task: Task, split: Split) -> dict[str, list[CharSpan]]:
-    """Per context text, the merged character spans of the answers of ``split``'s questions."""
+def questions(task: Task, split: Split | str) -> list[QAExample]:
+    """The questions of ``split``, or of every split for ``"all"``."""
+    if split == ALL:
+        return [example for name in SPLITS for example in task.qa(name)]
+    return list(task.qa(split))
+
+
+def answer_spans(task: Task, split: Split | str) -> dict[str, list[CharSpan]]:
+    """Per context text, the merged character spans of the answers of ``split``'s questions (``"all"``: every split)."""
     spans: dict[str, list[CharSpan]] = defaultdict(list)
-    for example in task.qa(split):
+    for example in questions(task, split):
         if example.context is not None and example.answer_start is not None:
             spans[example.context].append((example.answer_start, example.answer_start + len(example.answer)))
     if not spans:
@@ -53,7 +62,7 @@ def answer_spans(task: Task, split: Split) -> dict[str, list[CharSpan]]:
 
 
 def encode_answers(
-    task: Task, split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int, spec: FeatureSpec
+    task: Task, split: Split | str, tokenizer: PreTrainedTokenizerBase, max_length: int, spec: FeatureSpec
 ) -> AnswerRows:
     """The contexts of ``split`` encoded with features; entity features come from the corpus's entity spans."""
     by_context = answer_spans(task, split)
@@ -71,6 +80,22 @@ def feature_spec(task: Task, names: Sequence[str]) -> FeatureSpec:
     return FeatureSpec(tuple(names), word_counts(document.text for document in task.corpus()))
 
 
+LOSSES = ("bce", "listwise")
+
+
+def supervised_loss(logits: Tensor, labels: Tensor, maskable: Tensor, loss: str) -> Tensor:
+    """``bce``: every maskable token classified answer or not. ``listwise``: each row's softmax over its
+    maskable tokens puts its mass on the row's answer tokens — the ranking that per-row top-k and Gumbel
+    top-k sampling read, with every row weighted alike however many answers it has."""
+    if loss == "bce":
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits[maskable], labels[maskable].float())
+    answers = labels & maskable
+    rows = answers.any(1)
+    log_probs = torch.log_softmax(logits[rows].masked_fill(~maskable[rows], float("-inf")), dim=1)
+    per_row = -(log_probs.masked_fill(~answers[rows], 0.0).sum(1) / answers[rows].sum(1))
+    return per_row.mean() if rows.any() else logits.sum() * 0.0
+
+
 def train_supervised(
     policy: LearnedPolicy,
     data: AnswerRows,
@@ -79,9 +104,12 @@ def train_supervised(
     learning_rate: float = 3e-3,
     batch_size: int = 32,
     weight_decay: float = 0.0,
+    loss: str = "bce",
     seed: int = 0,
 ) -> list[float]:
     """Fits the policy's scorer to the answer labels; returns the mean loss of every epoch."""
+    if loss not in LOSSES:
+        raise ValueError(f"learning.supervised.loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(policy.scorer.parameters(), lr=learning_rate, weight_decay=weight_decay)
     policy.scorer.train()
@@ -92,13 +120,11 @@ def train_supervised(
         for start in range(0, len(order), batch_size):
             padded, labels = data.batch(order[start:start + batch_size], pad_token_id)
             batch = token_batch(padded)
-            logits = policy.logits(batch)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits[batch.maskable], labels[batch.maskable].float())
+            value = supervised_loss(policy.logits(batch), labels, batch.maskable, loss)
             optimizer.zero_grad()
-            loss.backward()
+            value.backward()
             optimizer.step()
-            epoch.append(loss.item())
+            epoch.append(value.item())
         losses.append(sum(epoch) / len(epoch))
     policy.scorer.eval()
     return losses

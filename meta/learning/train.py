@@ -45,29 +45,50 @@ def learning_method(name: str) -> str:
     return name
 
 
-def learn_policy(cfg: DictConfig, output_dir: Path, task_name: str) -> LearnResults:
-    """Trains, judges and saves the policy that ``cfg`` describes.
+@dataclasses.dataclass(frozen=True)
+class TrainedPolicy:
+    """A freshly trained policy with what it was trained on: the task, its tokenizer and model spec."""
 
-    ``cfg`` has the ``learn`` config's shape: ``task``, ``model``, ``policy``, ``learning`` and ``seed``.
-    """
-    started = time.perf_counter()
+    policy: LearnedPolicy
+    method: str
+    history: dict[str, list[float]]
+    task: Task
+    spec: ModelSpec
+    tokenizer: PreTrainedTokenizerBase
+    features: FeatureSpec
+
+
+def train_policy(cfg: DictConfig) -> TrainedPolicy:
+    """Builds the task, model spec and policy of ``cfg`` and trains the policy by ``learning.method``."""
     method = learning_method(cfg.learning.method)
     # the language model's dropout draws from the global generator, which torch seeds at random in every process
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     task, spec, policy = _build(cfg)
     tokenizer = spec.build_tokenizer(document.text for document in task.corpus())
     features = feature_spec(task, policy.features)
-    held_out = encode_answers(task, cfg.learning.eval_split, tokenizer, spec.max_length, features)
     history = _train(method, cfg, task, spec, tokenizer, policy, features)
+    return TrainedPolicy(policy, method, history, task, spec, tokenizer, features)
+
+
+def learn_policy(cfg: DictConfig, output_dir: Path, task_name: str) -> LearnResults:
+    """Trains, judges and saves the policy that ``cfg`` describes.
+
+    ``cfg`` has the ``learn`` config's shape: ``task``, ``model``, ``policy``, ``learning`` and ``seed``.
+    """
+    started = time.perf_counter()
+    trained = train_policy(cfg)
+    policy, tokenizer = trained.policy, trained.tokenizer
+    held_out = encode_answers(trained.task, cfg.learning.eval_split, tokenizer, trained.spec.max_length,
+                              trained.features)
     evaluation = compare_with_heuristics(policy, held_out, tokenizer.pad_token_id, seed=cfg.seed)
     task_record = Named(task_name, plain(cfg.task))
     save_policy(policy, output_dir / ARTIFACT, training={
-        "method": method, "task": dataclasses.asdict(task_record), "train_split": cfg.learning.train_split,
+        "method": trained.method, "task": dataclasses.asdict(task_record), "train_split": cfg.learning.train_split,
         "evaluation": dataclasses.asdict(evaluation), "seed": cfg.seed,
     })
-    return LearnResults(method=method, task=task_record, policy=LearnedPolicyRecord(plain(cfg.policy), ARTIFACT),
-                        evaluation=evaluation, history=history, seed=cfg.seed,
-                        wall_seconds=round(time.perf_counter() - started, 2))
+    return LearnResults(method=trained.method, task=task_record,
+                        policy=LearnedPolicyRecord(plain(cfg.policy), ARTIFACT), evaluation=evaluation,
+                        history=trained.history, seed=cfg.seed, wall_seconds=round(time.perf_counter() - started, 2))
 
 
 def _build(cfg: DictConfig) -> tuple[Task, ModelSpec, LearnedPolicy]:

@@ -99,14 +99,15 @@ def _window_features(
 ) -> list[np.ndarray]:
     """``Long[T, F]`` features per window, each document's windows computed together."""
     counts = spec.counts
-    if counts is None and "frequency" in spec.names:
+    if counts is None and ("frequency" in spec.names or "rarity" in spec.names):
         counts = word_counts(texts)
+    total = sum(counts.values()) if counts is not None else 0
     matrices: list[np.ndarray] = []
     for source, group in itertools.groupby(range(len(windows)), key=sources.__getitem__):
         parts = [windows[i] for i in group]
         joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
         matrix = document_features(texts[source], joined["offsets"], joined["word_ids"], joined["entity_ids"],
-                                   joined["special"], spec, counts)
+                                   joined["special"], spec, counts, total)
         matrices += np.split(matrix, np.cumsum([len(part["word_ids"]) for part in parts])[:-1])
     return matrices
 

@@ -27,6 +27,7 @@ Choices the schema leaves open:
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from collections import Counter
@@ -95,6 +96,24 @@ def frequency_bucket(count: int) -> int:
     return min(FEATURE_SIZES["frequency"] - 1, max(1, int(count).bit_length()))
 
 
+def suffix_hash(word: str) -> int:
+    """The ``suffix`` id: ``1 + crc32(last three lower-cased characters) mod (size - 1)``."""
+    return 1 + zlib.crc32(word[-3:].lower().encode("utf-8")) % (FEATURE_SIZES["suffix"] - 1)
+
+
+def rarity_bucket(count: int, total: int) -> int:
+    """The ``rarity`` id of a word seen ``count`` times among ``total`` corpus words; unseen words get 1."""
+    if count <= 0 or total <= 0:
+        return 1
+    return 1 + min(FEATURE_SIZES["rarity"] - 2, max(0, math.floor(20 + math.log2(count / total))))
+
+
+def repeats_bucket(words: list[str]) -> np.ndarray:
+    """The ``repeats`` ids of a document's words: occurrences of each lower-cased word in it, capped at 4."""
+    _, inverse, occurrences = np.unique([w.lower() for w in words], return_inverse=True, return_counts=True)
+    return np.minimum(occurrences[inverse], FEATURE_SIZES["repeats"] - 1).astype(np.int64)
+
+
 def position_bucket(index_in_sentence: np.ndarray) -> np.ndarray:
     """The ``position`` ids of ``Long[W]`` word indices within their sentences."""
     bucket = np.searchsorted(POSITION_BUCKET_STARTS, index_in_sentence, side="right")
@@ -134,7 +153,8 @@ def _span_word_ids(entity_ids: np.ndarray, word_of_token: np.ndarray) -> np.ndar
     return values
 
 
-def _word_channels(names: tuple[str, ...], words: list[str], counts: Mapping[str, int] | None) -> dict[str, np.ndarray]:
+def _word_channels(names: tuple[str, ...], words: list[str], counts: Mapping[str, int] | None,
+                   total: int) -> dict[str, np.ndarray]:
     """The word-level channels among ``names``, ``Long[W]`` each, for a document's words in order."""
     hashes, shapes, ends_sentence = (np.array(column, dtype=np.int64) for column in
                                      zip(*map(_word_properties, words), strict=True))
@@ -143,7 +163,14 @@ def _word_channels(names: tuple[str, ...], words: list[str], counts: Mapping[str
         channels["position"] = position_bucket(_index_in_sentence(ends_sentence.astype(bool)))
     if "frequency" in names:
         channels["frequency"] = np.array([frequency_bucket(counts.get(w.lower(), 0)) for w in words], dtype=np.int64)
+    if "rarity" in names:
+        channels["rarity"] = np.array([rarity_bucket(counts.get(w.lower(), 0), total) for w in words], dtype=np.int64)
+    if "repeats" in names:
+        channels["repeats"] = repeats_bucket(words)
+    if "suffix" in names:
+        channels["suffix"] = np.array([suffix_hash(w) for w in words], dtype=np.int64)
     return channels
+
 
 
 def document_features(
@@ -154,6 +181,7 @@ def document_features(
     special: np.ndarray,
     spec: FeatureSpec,
     counts: Mapping[str, int] | None = None,
+    total: int | None = None,
 ) -> np.ndarray:
     """The ``Long[T, F]`` features of one document's tokens, channels in ``spec.names`` order.
 
@@ -161,7 +189,8 @@ def document_features(
     ``word_ids`` ``Long[T]`` the tokenizer's document-level word index (``-1`` for
     specials); ``entity_ids`` ``Long[T]`` entity-span index (``-1`` outside);
     ``special`` ``Bool[T]``; ``counts`` overrides ``spec.counts`` (when both are
-    None, the words of ``text`` are counted). The tokens may be several windows of
+    None, the words of ``text`` are counted); ``total`` is the number of words behind
+    ``counts`` (summed from them when None). The tokens may be several windows of
     the document laid end to end, specials between them.
     """
     word_ids, entity_ids = np.asarray(word_ids), np.asarray(entity_ids)
@@ -170,13 +199,15 @@ def document_features(
     if not content.any():
         return features
     counts = spec.counts if counts is None else counts
-    if "frequency" in spec.names and counts is None:
+    if counts is None and ("frequency" in spec.names or "rarity" in spec.names):
         counts = word_counts([text])
     content_words = word_ids[content]
     unique_words, word_of_token = np.unique(content_words, return_inverse=True)
     starts, ends = _word_spans(np.asarray(offsets)[content], word_of_token, len(unique_words))
     words = [text[start:end].strip() for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
-    per_word = _word_channels(spec.names, words, counts)
+    if total is None and counts is not None:
+        total = sum(counts.values())
+    per_word = _word_channels(spec.names, words, counts, total or 0)
     for channel, name in enumerate(spec.names):
         if name == "entity":
             values = _span_word_ids(entity_ids[content], word_of_token)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from maskpolicy.meta.config import ConfigError
 from maskpolicy.meta.learning.artifacts import load_policy
 from maskpolicy.meta.learning.evaluation import compare_with_heuristics
-from maskpolicy.meta.learning.supervised import answer_spans, encode_answers, feature_spec, train_supervised
+from maskpolicy.meta.learning.supervised import (
+    ALL,
+    answer_spans,
+    encode_answers,
+    feature_spec,
+    supervised_loss,
+    train_supervised,
+)
 from maskpolicy.meta.learning.train import learn_policy
 from maskpolicy.meta.results.schema import LearnResults, load, save
 from maskpolicy.policies import PORTABLE_FEATURES, LearnedPolicy, PolicyError
@@ -59,6 +69,28 @@ def test_supervision_beats_entity_and_random_masking_on_held_out_answers(world, 
     assert scores.learned_topk.recall > 0.9 and scores.learned_topk.precision > 0.8
     assert scores.learned.recall > scores.entity.recall > scores.random.recall
     assert scores.learned.masked_tokens == scores.random.masked_tokens  # the same budget
+
+
+def test_the_listwise_loss_is_the_mean_over_answered_rows_of_the_answers_softmax_cross_entropy():
+    logits = torch.tensor([[0.0, math.log(3), 0.0, 5.0], [1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]])
+    labels = torch.tensor([[False, True, False, False], [False, False, False, False], [True, True, False, False]])
+    maskable = torch.tensor([[True, True, True, False], [True] * 4, [True] * 4])
+    # row 0: softmax over its 3 maskable tokens puts 3/5 on the answer; row 1 has no answer; row 2: 1/4 each
+    expected = (-math.log(3 / 5) - math.log(1 / 4)) / 2
+    assert supervised_loss(logits, labels, maskable, "listwise").item() == pytest.approx(expected, abs=1e-6)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[maskable], labels[maskable].float())
+    assert supervised_loss(logits, labels, maskable, "bce").item() == pytest.approx(bce.item())
+    assert supervised_loss(logits, labels & False, maskable, "listwise").item() == 0.0
+
+
+def test_an_unknown_supervised_loss_is_refused(world, tokenizer):
+    data = encode_answers(world, "dev", tokenizer, 128, feature_spec(world, PORTABLE_FEATURES))
+    with pytest.raises(ValueError, match="learning.supervised.loss must be one of bce, listwise, got 'hinge'"):
+        train_supervised(LearnedPolicy(features=PORTABLE_FEATURES), data, tokenizer.pad_token_id, loss="hinge")
+
+
+def test_split_all_takes_every_splits_questions(world):
+    assert len(answer_spans(world, ALL)) == sum(len(answer_spans(world, s)) for s in ("train", "dev", "test"))
 
 
 def test_a_task_without_answer_offsets_cannot_supervise(tiny_task):

@@ -9,7 +9,16 @@ from maskpolicy.policies import PolicyError
 from maskpolicy.policies.features import FEATURES, PORTABLE_FEATURES
 from maskpolicy.tasks.base import TaskError
 from maskpolicy.tasks.text.encoding import encode_documents, pad_rows, token_batch
-from maskpolicy.tasks.text.features import FeatureSpec, frequency_bucket, word_counts, word_hash, word_shape
+from maskpolicy.tasks.text.features import (
+    FeatureSpec,
+    frequency_bucket,
+    rarity_bucket,
+    repeats_bucket,
+    suffix_hash,
+    word_counts,
+    word_hash,
+    word_shape,
+)
 from maskpolicy.tasks.text.tokenization import train_wordpiece
 
 DOCUMENT = "Ada Quill was born in Paris in 1987, near B2. PARIS and paris were quiet."
@@ -53,6 +62,22 @@ def test_frequency_buckets_are_log2_capped_with_unseen_words_in_the_first():
     assert [frequency_bucket(c) for c in (0, 1, 2, 3, 4, 7, 8, 2**14, 2**20)] == [1, 1, 2, 2, 3, 3, 4, 15, 15]
 
 
+def test_rarity_is_a_share_of_the_corpus_so_corpus_size_does_not_move_it():
+    assert rarity_bucket(0, 100) == rarity_bucket(1, 2**20) == 1  # unseen, and one in a million: the rarest
+    assert rarity_bucket(1, 2**10) == 11 and rarity_bucket(2**10, 2**10) == 15  # 20 - 10 = 10 → id 11; capped at 15
+    assert rarity_bucket(3, 3_000) == rarity_bucket(30, 30_000) == rarity_bucket(300, 300_000)
+    assert frequency_bucket(3) != frequency_bucket(300)  # raw counts move with the corpus size
+
+
+def test_repeats_count_a_words_occurrences_in_its_document_ignoring_case():
+    assert repeats_bucket(["The", "cat", "the", "THE", "the", "dog", "cat"]).tolist() == [4, 2, 4, 4, 4, 1, 2]
+
+
+def test_the_suffix_is_a_pinned_hash_of_the_last_three_characters():
+    assert suffix_hash("running") == suffix_hash("JUMPING") != suffix_hash("nation")
+    assert suffix_hash("of") == suffix_hash("OF") and 1 <= suffix_hash("of") < 512
+
+
 def test_document_features_match_the_hand_computed_table(spelling_tokenizer):
     row = encode_one(spelling_tokenizer, FeatureSpec(counts=COUNTS))
     features, words, special = row["features"], row["word_ids"], row["special"]
@@ -64,6 +89,18 @@ def test_document_features_match_the_hand_computed_table(spelling_tokenizer):
                 "frequency": FREQUENCIES}
     for name, per_word in expected.items():
         assert features[~special, FEATURES.index(name)].tolist() == torch.tensor(per_word)[content].tolist(), name
+
+
+def test_repeats_rarity_and_suffix_channels_match_the_hand_computed_table(spelling_tokenizer):
+    row = encode_one(spelling_tokenizer, FeatureSpec(("repeats", "rarity", "suffix"), counts=COUNTS))
+    content = row["word_ids"][~row["special"]]
+    total = sum(COUNTS.values())  # 40,012 words: "paris" (3) → floor(20 + log2(3/40012)) = 6, "in" (8) → 7
+    assert [rarity_bucket(COUNTS[w], total) for w in ("was", "paris", "in", "ada")] == [5, 7, 8, 15]
+    repeats = [1, 1, 1, 1, 2, 3, 2, 1, 1, 1, 1, 2, 3, 1, 3, 1, 1, 2]  # "paris" thrice, "in" and "." twice
+    rarity = [15, 1, 5, 1, 8, 7, 8, 1, 1, 1, 1, 1, 7, 1, 7, 1, 1, 1]
+    suffixes = [suffix_hash(word) for word in WORDS]
+    for channel, per_word in enumerate((repeats, rarity, suffixes)):
+        assert row["features"][~row["special"], channel].tolist() == torch.tensor(per_word)[content].tolist()
 
 
 def test_subword_marks_the_first_token_of_each_word(spelling_tokenizer):

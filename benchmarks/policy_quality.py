@@ -1,0 +1,233 @@
+"""Do a policy's masks hit the answers of articles it never saw? Leave-one-article-out on real SQuAD text.
+
+Every policy masks the held-out article's paragraphs at the same rate (0.15 of the maskable
+tokens of every row); its masked-token precision and recall are counted against the tokens
+of the answers to that article's questions. The learned policy is trained, with the
+``maskpolicy-learn`` defaults unless ``--learn`` overrides them, on the *other* articles'
+answers only. Contenders: ``learned`` (its default sampling), ``learned_topk`` (the same
+scorer, greedy), ``entity`` (the rule tagger; ``entity_spacy`` too when spaCy and its model
+are installed), ``whole_word``, ``span``, ``random``.
+
+The held-out article is encoded as its own pre-training run would see it: a tokenizer
+trained on its text, word frequencies counted on its text, entities from the tagger.
+
+Run:
+    python benchmarks/policy_quality.py                     # 4 folds × 3 seeds on ../shared/data/squad-sample
+    python benchmarks/policy_quality.py --train a.json b.json --eval c.json
+    python benchmarks/policy_quality.py --learn policy.sampling=topk learning.supervised.epochs=20
+
+The last line printed is one JSON object keyed by policy name, each ``{"precision", "recall"}``
+(means over folds and seeds; ``--json`` also writes every fold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+
+from maskpolicy.meta.config import build
+from maskpolicy.meta.learning.evaluation import mask_quality
+from maskpolicy.meta.learning.supervised import ALL, AnswerRows, encode_answers, feature_spec
+from maskpolicy.meta.learning.train import train_policy
+from maskpolicy.policies import (
+    FEATURES,
+    EntityPolicy,
+    LearnedPolicy,
+    MaskingPolicy,
+    RandomPolicy,
+    SpanPolicy,
+    WholeWordPolicy,
+)
+from maskpolicy.tasks.base import TaskError
+from maskpolicy.tasks.data.squad import SquadTask, articles_of, read_json
+from maskpolicy.tasks.data.tagging import RuleTagger, SpacyTagger, Tagger
+from maskpolicy.tasks.text.encoding import token_batch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-sample"
+SAMPLE_FILES = ("dev-sample.json", "dev-v2-three-articles.json")
+RATE = 0.15
+
+
+def read_articles(paths: Sequence[str | Path]) -> list[dict]:
+    """Every article of the SQuAD-format files, in order."""
+    return [article for path in paths for article in articles_of(read_json(path), str(path))]
+
+
+def write_articles(articles: Sequence[dict], path: Path) -> Path:
+    path.write_text(json.dumps({"version": "fold", "data": list(articles)}), encoding="utf-8")
+    return path
+
+
+def learn_config(train_path: Path, seed: int, overrides: Sequence[str]):
+    """The ``maskpolicy-learn`` config: its defaults, SQuAD at ``train_path``, every question teaching the policy."""
+    with initialize_config_module("maskpolicy.conf", version_base="1.3"):
+        return compose("learn", overrides=["task=squad", f"task.path={train_path}", f"seed={seed}",
+                                           f"learning.train_split={ALL}", *overrides])
+
+
+def heldout_rows(path: Path, tagger: Tagger, model_config) -> tuple[AnswerRows, int]:
+    """The eval file's paragraphs encoded as its own pre-training run would, answer tokens marked."""
+    task = SquadTask(path=str(path), tagger=tagger)
+    spec = build(model_config, "model")
+    tokenizer = spec.build_tokenizer(document.text for document in task.corpus())
+    return encode_answers(task, ALL, tokenizer, spec.max_length, feature_spec(task, FEATURES)), tokenizer.pad_token_id
+
+
+def contenders(learned: LearnedPolicy) -> dict[str, MaskingPolicy]:
+    """Every policy at the same rate; entity tops up with random tokens where a row has too few entities."""
+    return {
+        "learned": learned,
+        "learned_topk": LearnedPolicy(learned.rate, sampling="topk", scorer=learned.scorer),
+        "entity": EntityPolicy(RATE, shortfall="top_up"),
+        "whole_word": WholeWordPolicy(RATE),
+        "span": SpanPolicy(RATE),
+        "random": RandomPolicy(RATE),
+    }
+
+
+def spacy_tagger() -> Tagger | None:
+    try:
+        return SpacyTagger()
+    except TaskError:
+        return None
+
+
+def judge(train_path: Path, eval_path: Path, seed: int, overrides: Sequence[str]) -> dict[str, dict]:
+    """Trains the learned policy on ``train_path``; every contender's mask quality on ``eval_path``."""
+    cfg = learn_config(train_path, seed, overrides)
+    started = time.perf_counter()
+    learned = train_policy(cfg).policy
+    trained_s = time.perf_counter() - started
+    if learned.rate != RATE:
+        raise SystemExit(f"the learned policy's rate is {learned.rate}; every contender masks at {RATE}")
+    rows, pad = heldout_rows(eval_path, RuleTagger(), cfg.model)
+    results = {name: _quality(policy, rows, pad, seed) for name, policy in contenders(learned).items()}
+    tagger = spacy_tagger()
+    if tagger is not None:
+        spacy_rows, pad = heldout_rows(eval_path, tagger, cfg.model)
+        results["entity_spacy"] = _quality(EntityPolicy(RATE, shortfall="top_up"), spacy_rows, pad, seed)
+    results["learned"]["train_seconds"] = round(trained_s, 1)
+    return results
+
+
+def _quality(policy: MaskingPolicy, rows: AnswerRows, pad: int, seed: int) -> dict:
+    quality = mask_quality(policy, rows, pad, seed)
+    return {"precision": quality.precision, "recall": quality.recall, "overlap": mask_overlap(policy, rows, pad, seed),
+            "masked_tokens": quality.masked_tokens, "answer_tokens": quality.answer_tokens}
+
+
+def mask_overlap(policy: MaskingPolicy, rows: AnswerRows, pad: int, seed: int) -> float:
+    """Jaccard overlap of two masks drawn with different seeds: 1 means the same tokens every epoch."""
+    batch = token_batch(rows.batch(range(len(rows.rows)), pad)[0])
+    first, second = (policy.select(batch, torch.Generator().manual_seed(s)) for s in (seed, seed + 10_000))
+    return int((first & second).sum()) / max(int((first | second).sum()), 1)
+
+
+def leave_one_article_out(paths: Sequence[Path], seeds: Sequence[int], overrides: Sequence[str],
+                          progress: Callable[[str], None]) -> list[dict]:
+    articles = read_articles(paths)
+    if len(articles) < 2:
+        raise SystemExit(f"leave-one-article-out needs at least 2 articles; {', '.join(map(str, paths))} hold "
+                         f"{len(articles)}")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, held_out in enumerate(articles):
+            train = write_articles([a for i, a in enumerate(articles) if i != k], Path(tmp) / f"train-{k}.json")
+            heldout = write_articles([held_out], Path(tmp) / f"eval-{k}.json")
+            for seed in seeds:
+                result = judge(train, heldout, seed, overrides)
+                runs.append({"fold": held_out.get("title", f"article-{k}"), "seed": seed, "policies": result})
+                progress(_line(runs[-1]))
+    return runs
+
+
+def named_files(train: Sequence[str], evaluate: Sequence[str], seeds: Sequence[int],
+                overrides: Sequence[str], progress: Callable[[str], None]) -> list[dict]:
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        train_path = write_articles(read_articles(train), Path(tmp) / "train.json")
+        eval_path = write_articles(read_articles(evaluate), Path(tmp) / "eval.json")
+        for seed in seeds:
+            runs.append({"fold": "+".join(Path(p).name for p in evaluate), "seed": seed,
+                         "policies": judge(train_path, eval_path, seed, overrides)})
+            progress(_line(runs[-1]))
+    return runs
+
+
+def _line(run: dict) -> str:
+    scores = "  ".join(f"{name} {q['precision']:.3f}/{q['recall']:.3f}" for name, q in run["policies"].items())
+    return f"{run['fold']} seed {run['seed']}: {scores}"
+
+
+def summary(runs: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Per policy: mean and standard deviation of precision and recall over every fold and seed."""
+    names = list(runs[0]["policies"])
+    out = {}
+    for name in names:
+        stats = {}
+        for metric in ("precision", "recall", "overlap"):
+            values = [run["policies"][name][metric] for run in runs]
+            stats[metric] = round(statistics.fmean(values), 4)
+            stats[f"{metric}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
+        out[name] = stats
+    return out
+
+
+def per_fold(runs: Sequence[dict], metric: str = "precision") -> dict[str, dict[str, float]]:
+    """Per fold and policy: the mean of ``metric`` over seeds."""
+    folds: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for name, quality in run["policies"].items():
+            folds.setdefault(run["fold"], {}).setdefault(name, []).append(quality[metric])
+    return {fold: {name: round(statistics.fmean(v), 4) for name, v in by.items()} for fold, by in folds.items()}
+
+
+def table(runs: Sequence[dict]) -> str:
+    stats, folds = summary(runs), per_fold(runs)
+    lines = ["| policy | precision | recall | mask overlap | " + " | ".join(f"{fold} P" for fold in folds) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(folds)]
+    for name, s in stats.items():
+        cells = " | ".join(f"{folds[fold][name]:.3f}" for fold in folds)
+        lines.append(f"| {name} | {s['precision']:.3f} ± {s['precision_std']:.3f} | "
+                     f"{s['recall']:.3f} ± {s['recall_std']:.3f} | {s['overlap']:.2f} | {cells} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", nargs="+", help="SQuAD-format files to train the learned policy on")
+    parser.add_argument("--eval", nargs="+", help="SQuAD-format files to judge every policy on")
+    parser.add_argument("--files", nargs="+", type=Path, default=[SHARED / name for name in SAMPLE_FILES],
+                        help="leave-one-article-out over the articles of these files (default: the shared sample)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--learn", nargs="*", default=[], help="overrides of the maskpolicy-learn config")
+    parser.add_argument("--json", type=Path, help="write every run and the summary here")
+    args = parser.parse_args(argv)
+    if bool(args.train) != bool(args.eval):
+        parser.error("--train and --eval go together")
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    if args.train:
+        runs = named_files(args.train, args.eval, args.seeds, args.learn, print)
+    else:
+        runs = leave_one_article_out(args.files, args.seeds, args.learn, print)
+    stats = summary(runs)
+    print(table(runs))
+    print(f"{len(runs)} runs in {time.perf_counter() - started:.0f} s; learn overrides: {args.learn or 'none'}")
+    if args.json:
+        args.json.write_text(json.dumps({"learn": args.learn, "runs": runs, "summary": stats}, indent=1))
+    print(json.dumps({name: {"precision": s["precision"], "recall": s["recall"]} for name, s in stats.items()}))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from maskpolicy.meta.base import base_checkpoint
 from maskpolicy.meta.config import ConfigError, build, plain
+from maskpolicy.meta.learning.artifacts import check_use
 from maskpolicy.meta.results.files import staged_directory
 from maskpolicy.meta.results.schema import (
     BaseRecord,
@@ -67,6 +68,7 @@ class Setup:
     tokenizer: PreTrainedTokenizerBase
     model: PreTrainedModel
     base: BaseRecord | None = None
+    policy_warnings: tuple[str, ...] = ()   # what checking a saved policy against the task found
 
 
 def _no_callbacks(probe: ScoreProbe | None) -> Sequence[pl.Callback]:
@@ -103,6 +105,7 @@ def setup(cfg: DictConfig) -> Setup:
     corpus = task.corpus()
     if not corpus:
         raise TaskError(f"task {task.name!r} produced an empty pre-training corpus; check its size or data path")
+    policy_warnings = tuple(check_use(policy, task, corpus))
     base = base_checkpoint(cfg, task, spec) if (cfg.get("base") or {}).get("enabled", False) else None
     if base is not None:
         spec = base.apply(spec)
@@ -110,7 +113,7 @@ def setup(cfg: DictConfig) -> Setup:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Loaded weights come in eval mode and Lightning keeps a module's mode: train with dropout, as when built.
     model = spec.build_model(tokenizer).train()
-    return Setup(task, corpus, policy, spec, tokenizer, model, base.record if base else None)
+    return Setup(task, corpus, policy, spec, tokenizer, model, base.record if base else None, policy_warnings)
 
 
 def make_trainer(cfg: DictConfig, output_dir: Path, stage: str, **budget: Any) -> pl.Trainer:
@@ -239,6 +242,13 @@ def _best_epoch(checkpoint: ModelCheckpoint) -> int | None:
     return int(name.split("epoch=")[1].split("-")[0]) if "epoch=" in name else None
 
 
+def policy_source(run: Setup) -> dict[str, Any] | None:
+    """Where a saved policy came from (its card's ``training`` block included) and the warnings about its use here;
+    ``None`` for a policy built from its config."""
+    source = getattr(run.policy, "source", None)
+    return None if source is None else {**source, "warnings": list(run.policy_warnings)}
+
+
 def run_pretraining(cfg: DictConfig, output_dir: Path, names: RunNames, *, test: bool = True,
                     callbacks: StageCallbacks = NO_CALLBACKS) -> PretrainResults:
     """Every step of one run; returns its results (the caller writes them)."""
@@ -250,7 +260,7 @@ def run_pretraining(cfg: DictConfig, output_dir: Path, names: RunNames, *, test:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     downstream = finetune(cfg, run, output_dir, test=test, callbacks=callbacks.finetuning)
     return PretrainResults(
-        policy=PolicyRecord(names.policy, plain(cfg.policy), getattr(run.policy, "source", None)),
+        policy=PolicyRecord(names.policy, plain(cfg.policy), policy_source(run)),
         task=Named(names.task, plain(cfg.task)),
         model=ModelRecord(names.model, plain(cfg.model), sum(p.numel() for p in run.model.parameters())),
         seed=cfg.seed,

@@ -5,13 +5,19 @@ format version, policy class and parameters, feature set, how and on which task 
 policy was trained and how it scored, package versions, and the weights' SHA-256. Loading
 reads JSON and safetensors only (never a pickle), checks the checksum and every
 tensor's name and shape, and says clearly what is wrong with a bad artifact.
+
+Before a loaded policy masks for a task, :func:`check_use` compares the task's entity spans
+with those the policy was trained on: a different source is a warning, none at all (for a
+policy that reads the ``entity`` feature) an error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,9 @@ from safetensors.torch import load_file, save_file
 from maskpolicy.meta.results.files import staged_directory, write_json
 from maskpolicy.meta.results.schema import versions
 from maskpolicy.policies import FEATURE_SIZES, LearnedPolicy, PolicyError, TokenScorer
+from maskpolicy.tasks.base import Document, Task
+
+log = logging.getLogger(__name__)
 
 FORMAT = "maskpolicy-policy"
 FORMAT_VERSION = 1
@@ -113,6 +122,75 @@ def load_policy(
     policy = POLICY_CLASSES[policy_card["class"]](**params, scorer=scorer)
     policy.source = {"path": str(path.resolve()), "training": card.get("training", {}), "created": card.get("created")}
     return policy
+
+
+def entity_source(task: Task, corpus: Sequence[Document] | None = None) -> dict[str, Any]:
+    """Where ``task``'s entity spans come from: ``{"kind": "tagger", "class": ..., "config": ...}`` for a task with
+    a tagger, ``{"kind": "gold"}`` when its documents carry spans, ``{"kind": "none"}`` otherwise.
+
+    ``corpus`` is the task's corpus when the caller already has it.
+    """
+    tagger = getattr(task, "tagger", None)
+    if tagger is not None:
+        return {"kind": "tagger", "class": type(tagger).__name__, "config": _settings(tagger)}
+    documents = task.corpus() if corpus is None else corpus
+    return {"kind": "gold"} if any(document.entities for document in documents) else {"kind": "none"}
+
+
+def _settings(tagger: object) -> dict[str, Any]:
+    """The tagger's public attributes that JSON can hold (its settings; a loaded model is left out)."""
+    settings = {}
+    for name, value in vars(tagger).items():
+        if isinstance(value, set | frozenset | tuple):
+            value = list(value) if isinstance(value, tuple) else sorted(value, key=repr)
+        if not name.startswith("_") and _plain(value):
+            settings[name] = value
+    return settings
+
+
+def _plain(value: Any) -> bool:
+    """A JSON scalar, or a list of strings."""
+    if isinstance(value, list):
+        return all(isinstance(item, str) for item in value)
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def check_use(policy: object, task: Task, corpus: Sequence[Document]) -> list[str]:
+    """Checks a loaded policy against the task it is about to mask for; returns the warnings it logged.
+
+    Only a policy that reads the ``entity`` feature and came from an artifact (has a ``source``) is checked.
+    Raises :class:`ArtifactError` when the task gives no entity spans at all; warns when its entity spans
+    come from another source than the training task's (a card without one, from an older version, is not compared).
+    """
+    source = getattr(policy, "source", None)
+    if not source or "entity" not in getattr(policy, "features", ()):
+        return []
+    used = entity_source(task, corpus)
+    if used["kind"] == "none":
+        raise ArtifactError(
+            f"policy artifact {source.get('path')} reads the 'entity' feature, but task {task.name!r} gives no "
+            "entity spans (no gold spans on its documents and no tagger): configure a tagger (e.g. "
+            "tagger@task.tagger=rule) or retrain the policy without the 'entity' feature (policy.features)"
+        )
+    training = source.get("training") or {}
+    trained = training.get("tagger")
+    if trained is None or trained == used:
+        return []
+    trained_on = (training.get("task") or {}).get("name", "?")
+    message = (
+        f"policy artifact {source.get('path')} was trained on task {trained_on!r} with {_describe(trained)} but "
+        f"is used on task {task.name!r} with {_describe(used)}: its 'entity' feature marks other spans here, so "
+        "its masks may not match the quality on its card; retrain it with this entity source to be sure"
+    )
+    log.warning(message)
+    return [message]
+
+
+def _describe(source: dict[str, Any]) -> str:
+    if source.get("kind") != "tagger":
+        return {"gold": "gold entity spans", "none": "no entity spans"}.get(source.get("kind"), f"{source!r}")
+    settings = ", ".join(f"{name}={value!r}" for name, value in (source.get("config") or {}).items())
+    return f"entity spans from the tagger {source.get('class')}({settings})"
 
 
 def _check_feature_schema(path: Path, card: dict[str, Any]) -> None:

@@ -18,11 +18,11 @@ from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
 from maskpolicy.meta.config import ConfigError, build, plain
-from maskpolicy.meta.learning.artifacts import save_policy
+from maskpolicy.meta.learning.artifacts import entity_source, save_policy
 from maskpolicy.meta.learning.evaluation import compare_with_heuristics
 from maskpolicy.meta.learning.meta_learning import MetaLearningOptions, meta_data, train_meta_learning
-from maskpolicy.meta.learning.supervised import encode_answers, feature_spec, train_supervised
-from maskpolicy.meta.results.schema import LearnedPolicyRecord, LearnResults, Named
+from maskpolicy.meta.learning.supervised import encode_answers, feature_spec, questions, train_supervised
+from maskpolicy.meta.results.schema import Evaluation, LearnedPolicyRecord, LearnResults, Named
 from maskpolicy.policies import LearnedPolicy, PolicyError
 from maskpolicy.tasks.base import Task, TaskError
 from maskpolicy.tasks.text.features import FeatureSpec
@@ -77,6 +77,7 @@ def learn_policy(cfg: DictConfig, output_dir: Path, task_name: str) -> LearnResu
     """
     started = time.perf_counter()
     trained = train_policy(cfg)
+    _warn_untagged(trained.task)
     policy, tokenizer = trained.policy, trained.tokenizer
     held_out = encode_answers(trained.task, cfg.learning.eval_split, tokenizer, trained.spec.max_length,
                               trained.features)
@@ -84,11 +85,35 @@ def learn_policy(cfg: DictConfig, output_dir: Path, task_name: str) -> LearnResu
     task_record = Named(task_name, plain(cfg.task))
     save_policy(policy, output_dir / ARTIFACT, training={
         "method": trained.method, "task": dataclasses.asdict(task_record), "train_split": cfg.learning.train_split,
-        "evaluation": dataclasses.asdict(evaluation), "seed": cfg.seed,
+        "evaluation": dataclasses.asdict(evaluation), "seed": cfg.seed, "feature_names": list(policy.features),
+        "tagger": entity_source(trained.task), **_trained_on(trained.task, cfg.learning.train_split),
+        "quality": _quality(evaluation),
     })
     return LearnResults(method=trained.method, task=task_record,
                         policy=LearnedPolicyRecord(plain(cfg.policy), ARTIFACT), evaluation=evaluation,
                         history=trained.history, seed=cfg.seed, wall_seconds=round(time.perf_counter() - started, 2))
+
+
+def _trained_on(task: Task, split: str) -> dict[str, int]:
+    """How many questions of ``split`` taught the policy, and about how many documents (their contexts)."""
+    asked = questions(task, split)
+    return {"train_documents": len({q.context for q in asked if q.context is not None}),
+            "train_questions": len(asked)}
+
+
+def _quality(evaluation: Evaluation) -> dict[str, str | float]:
+    """The policy's answer precision and recall on the held-out split, next to the heuristics' precision."""
+    return {"split": evaluation.split, "precision": evaluation.learned.precision,
+            "recall": evaluation.learned.recall, "entity_precision": evaluation.entity.precision,
+            "random_precision": evaluation.random.precision}
+
+
+def _warn_untagged(task: Task) -> None:
+    """Documents without entity spans teach the ``entity`` feature nothing: say how many (tasks that count them)."""
+    untagged = getattr(task, "untagged_documents", 0)
+    if untagged:
+        log.warning("%d of the %d documents of task %r have no entity span after tagging: their "
+                    "'entity' feature is 0 throughout", untagged, len(task.corpus()), task.name)
 
 
 def _build(cfg: DictConfig) -> tuple[Task, ModelSpec, LearnedPolicy]:

@@ -112,6 +112,11 @@ class SquadTask:
             self._corpus = tuple(tag_corpus(documents, self.tagger) if self.tagger else documents)
         return self._corpus
 
+    @property
+    def untagged_documents(self) -> int:
+        """How many corpus documents have no entity span, gold or tagged (their ``entity`` feature is 0 throughout)."""
+        return sum(not document.entities for document in self.corpus())
+
     def qa(self, split: Split) -> tuple[QAExample, ...]:
         """The questions about the subjects of ``split``, in file order."""
         if split not in SPLITS:

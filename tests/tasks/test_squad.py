@@ -97,6 +97,18 @@ def test_answer_spans_of_one_split(sample: SquadTask) -> None:
         assert bool(spans) == (document.text in train_contexts)
 
 
+def test_untagged_documents_counts_the_paragraphs_without_an_entity_span(tmp_path: Path) -> None:
+    # the rule tagger finds names and numbers; all-lower-case paragraphs without digits give it nothing
+    contexts = ["Marie Curie came from Warsaw.", "rain fell on the quiet fields.", "Alan Turing was born in 1912.",
+                "bread is baked from flour."]
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps({"data": [_article("T", contexts)]}))
+    assert SquadTask(path=str(path), tagger=RuleTagger()).untagged_documents == 2
+    assert SquadTask(path=str(path), tagger=RuleTagger(names=False)).untagged_documents == 3
+    assert SquadTask(path=str(path)).untagged_documents == 4  # no tagger, no gold spans
+    assert SquadTask(path=str(path), answer_entities=True).untagged_documents == 0
+
+
 def test_tiny_file_splits_by_article(tiny: Path) -> None:
     task = SquadTask(path=str(tiny))
     assert task.subject == "article"

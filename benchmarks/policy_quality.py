@@ -62,6 +62,12 @@ def read_articles(paths: Sequence[str | Path]) -> list[dict]:
     return [article for path in paths for article in articles_of(read_json(path), str(path))]
 
 
+def answerable(article: dict) -> bool:
+    """Whether any question of the article has an answer (SQuAD 2.0 articles can hold only unanswerable ones)."""
+    return any(qa.get("answers") and not qa.get("is_impossible")
+               for paragraph in article.get("paragraphs", []) for qa in paragraph.get("qas", []))
+
+
 def write_articles(articles: Sequence[dict], path: Path) -> Path:
     path.write_text(json.dumps({"version": "fold", "data": list(articles)}), encoding="utf-8")
     return path
@@ -135,9 +141,13 @@ def mask_overlap(policy: MaskingPolicy, rows: AnswerRows, pad: int, seed: int) -
 def leave_one_article_out(paths: Sequence[Path], seeds: Sequence[int], overrides: Sequence[str],
                           progress: Callable[[str], None]) -> list[dict]:
     articles = read_articles(paths)
+    skipped = [a.get("title", "?") for a in articles if not answerable(a)]
+    if skipped:
+        progress(f"skipped {len(skipped)} article(s) with no answerable question: {', '.join(skipped)}")
+    articles = [a for a in articles if answerable(a)]
     if len(articles) < 2:
-        raise SystemExit(f"leave-one-article-out needs at least 2 articles; {', '.join(map(str, paths))} hold "
-                         f"{len(articles)}")
+        raise SystemExit(f"leave-one-article-out needs at least 2 articles with answerable questions; "
+                         f"{', '.join(map(str, paths))} hold {len(articles)}")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, held_out in enumerate(articles):
@@ -152,6 +162,10 @@ def leave_one_article_out(paths: Sequence[Path], seeds: Sequence[int], overrides
 
 def named_files(train: Sequence[str], evaluate: Sequence[str], seeds: Sequence[int],
                 overrides: Sequence[str], progress: Callable[[str], None]) -> list[dict]:
+    for role, paths in (("--train", train), ("--eval", evaluate)):
+        if not any(map(answerable, read_articles(paths))):
+            raise SystemExit(f"policy_quality: {role} {' '.join(map(str, paths))}: no answerable question in these "
+                             "files (SQuAD 2.0's unanswerable ones are dropped); give files with answered questions")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         train_path = write_articles(read_articles(train), Path(tmp) / "train.json")
@@ -216,10 +230,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--train and --eval go together")
     torch.set_num_threads(1)
     started = time.perf_counter()
-    if args.train:
-        runs = named_files(args.train, args.eval, args.seeds, args.learn, print)
-    else:
-        runs = leave_one_article_out(args.files, args.seeds, args.learn, print)
+    try:
+        if args.train:
+            runs = named_files(args.train, args.eval, args.seeds, args.learn, print)
+        else:
+            runs = leave_one_article_out(args.files, args.seeds, args.learn, print)
+    except TaskError as error:  # bad input files: the message names the file and the problem
+        raise SystemExit(f"policy_quality: {error}") from None
     stats = summary(runs)
     print(table(runs))
     print(f"{len(runs)} runs in {time.perf_counter() - started:.0f} s; learn overrides: {args.learn or 'none'}")

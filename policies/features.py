@@ -17,6 +17,7 @@ name                    size  value (ids ≥ 1)
 ``repeats``                5  how often the lower-cased word occurs in its document: 1, 2, 3, 4+
 ``suffix``               512  hash of the lower-cased word's last three characters (a part-of-speech cue)
 ``rarity``                16  1 + clamp(floor(20 + log2(share of the corpus's words that are this word)), 0, 14)
+``function``             174  1: a content word; 2 + index in FUNCTION_WORDS, then in PUNCTUATION_MARKS
 ======================  ====  ==================================================================
 
 ``frequency`` counts occurrences, so the same word falls in different buckets in a small and a
@@ -29,8 +30,25 @@ from collections.abc import Sequence
 
 from .base import PolicyError
 
+# English closed-class words (determiners, pronouns, prepositions, conjunctions, auxiliaries, connectives).
+# Their identities generalise across subjects where a content word's hash memorises one article; the
+# ``function`` feature reads them, and the rule tagger strips them from the start of a capitalised run.
+_FUNCTION_TEXT = """
+a an the this that these those there their they them then than thus so such some many most much more any each
+every all both either neither no not nor none other another several few i we you he she it his her its our
+your my me us him who whom whose which what when where why how if while although though because since unless
+until after before during following despite however therefore moreover furthermore meanwhile also instead
+still yet as at by for from in into of on onto over under upon with within without about above across against
+along among around behind below beneath beside between beyond near through throughout to toward towards and or
+but is are was were be been being has have had do does did can could may might must shall should will would
+here now today yesterday tomorrow once later again according unlike like
+"""
+FUNCTION_WORDS: tuple[str, ...] = tuple(_FUNCTION_TEXT.split())
+PUNCTUATION_MARKS: tuple[str, ...] = tuple(",.;:!?()[]\"'-–—/$%&")
+
 FEATURE_SIZES: dict[str, int] = {"word": 4096, "shape": 8, "position": 10, "entity": 3, "frequency": 16, "subword": 3,
-                                  "repeats": 5, "suffix": 512, "rarity": 16}
+                                  "repeats": 5, "suffix": 512, "rarity": 16,
+                                  "function": 2 + len(FUNCTION_WORDS) + len(PUNCTUATION_MARKS)}
 FEATURES: tuple[str, ...] = tuple(FEATURE_SIZES)
 # What transfers between tasks with different vocabularies: everything but the hashed word.
 PORTABLE_FEATURES: tuple[str, ...] = ("shape", "position", "entity", "frequency", "subword")

@@ -12,6 +12,7 @@ import re
 from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
+from maskpolicy.policies.features import FUNCTION_WORDS
 from maskpolicy.tasks.base import CharSpan, Document, TaskError
 
 
@@ -55,17 +56,7 @@ _WORD = re.compile(r"\w+(?:['’.-]\w+)*")
 _CONNECTORS = frozenset({"of", "de", "del", "der", "di", "da", "du", "la", "le", "van", "von", "y"})
 # Function words are stripped from the start of a capitalised run ("The Broncos" → "Broncos"),
 # so a lone one ("However", "In") is never an entity.
-_FUNCTION_TEXT = """a an the this that these those there their they them then than thus so such some many most
-much more any each every all both either neither no not nor none other another several few
-i we you he she it his her its our your my me us him who whom whose which what when where why
-how if while although though because since unless until after before during following
-despite however therefore moreover furthermore meanwhile also instead still yet as at by
-for from in into of on onto over under upon with within without about above across against
-along among around behind below beneath beside between beyond near through throughout to
-toward towards and or but is are was were be been being has have had do does did can could
-may might must shall should will would here now today yesterday tomorrow once later again
-according unlike like"""
-_FUNCTION_WORDS = frozenset(_FUNCTION_TEXT.split())
+_FUNCTION_WORDS = frozenset(FUNCTION_WORDS)
 
 
 class RuleTagger:

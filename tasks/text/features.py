@@ -37,7 +37,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from maskpolicy.policies.features import FEATURE_SIZES, FEATURES, check_features
+from maskpolicy.policies.features import FEATURE_SIZES, FEATURES, FUNCTION_WORDS, PUNCTUATION_MARKS, check_features
 
 WORD_PATTERN = re.compile(r"[^\W_]+|\S")
 SENTENCE_ENDS = frozenset(".!?")
@@ -108,6 +108,14 @@ def rarity_bucket(count: int, total: int) -> int:
     return 1 + min(FEATURE_SIZES["rarity"] - 2, max(0, math.floor(20 + math.log2(count / total))))
 
 
+FUNCTION_IDS = {word: 2 + i for i, word in enumerate((*FUNCTION_WORDS, *PUNCTUATION_MARKS))}
+
+
+def function_id(word: str) -> int:
+    """The ``function`` id: 1 for a content word, otherwise the closed-class word's or punctuation mark's own id."""
+    return FUNCTION_IDS.get(word.lower(), 1)
+
+
 def repeats_bucket(words: list[str]) -> np.ndarray:
     """The ``repeats`` ids of a document's words: occurrences of each lower-cased word in it, capped at 4."""
     _, inverse, occurrences = np.unique([w.lower() for w in words], return_inverse=True, return_counts=True)
@@ -169,6 +177,8 @@ def _word_channels(names: tuple[str, ...], words: list[str], counts: Mapping[str
         channels["repeats"] = repeats_bucket(words)
     if "suffix" in names:
         channels["suffix"] = np.array([suffix_hash(w) for w in words], dtype=np.int64)
+    if "function" in names:
+        channels["function"] = np.array([function_id(w) for w in words], dtype=np.int64)
     return channels
 
 

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from maskpolicy.policies import PolicyError
-from maskpolicy.policies.features import FEATURES, PORTABLE_FEATURES
+from maskpolicy.policies.features import FEATURE_SIZES, FEATURES, FUNCTION_WORDS, PORTABLE_FEATURES, PUNCTUATION_MARKS
 from maskpolicy.tasks.base import TaskError
 from maskpolicy.tasks.text.encoding import encode_documents, pad_rows, token_batch
 from maskpolicy.tasks.text.features import (
     FeatureSpec,
     frequency_bucket,
+    function_id,
     rarity_bucket,
     repeats_bucket,
     suffix_hash,
@@ -71,6 +72,12 @@ def test_rarity_is_a_share_of_the_corpus_so_corpus_size_does_not_move_it():
 
 def test_repeats_count_a_words_occurrences_in_its_document_ignoring_case():
     assert repeats_bucket(["The", "cat", "the", "THE", "the", "dog", "cat"]).tolist() == [4, 2, 4, 4, 4, 1, 2]
+
+
+def test_function_ids_name_closed_class_words_and_punctuation_and_lump_content_words():
+    assert function_id("The") == function_id("the") == 2 + FUNCTION_WORDS.index("the") == 4
+    assert function_id(",") == 2 + len(FUNCTION_WORDS) and function_id("Paris") == function_id("1987") == 1
+    assert max(function_id(w) for w in (*FUNCTION_WORDS, *PUNCTUATION_MARKS)) == FEATURE_SIZES["function"] - 1
 
 
 def test_the_suffix_is_a_pinned_hash_of_the_last_three_characters():

@@ -49,7 +49,8 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from torch import Tensor
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
-from maskpolicy.policies import EntityPolicy, RandomPolicy, TokenBatch, available, build, mlm_corrupt
+from maskpolicy.policies import DEFAULT_FEATURES, EntityPolicy, RandomPolicy, TokenBatch, available, build, mlm_corrupt
+from maskpolicy.tasks.text.features import FeatureSpec, document_features, word_counts
 
 RATE = 0.15
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -191,10 +192,22 @@ def make_bench(batch_size: int, length: int, seed: int = 0) -> Bench:
     ]))
     special_ids = set(tokenizer.all_special_ids)
     replacement_ids = torch.tensor([i for i in range(len(tokenizer)) if i not in special_ids])
+    features = word_features([text for text, _ in docs], offsets, word_ids, entity_ids, special)
     return Bench(
-        tokenizer, TokenBatch(input_ids, maskable, word_ids, entity_ids), special.long(),
+        tokenizer, TokenBatch(input_ids, maskable, word_ids, entity_ids, features, DEFAULT_FEATURES), special.long(),
         torch.from_numpy(offsets), replacement_ids,
     )
+
+
+def word_features(texts: list[str], offsets: np.ndarray, word_ids: Tensor, entity_ids: Tensor,
+                  special: Tensor) -> Tensor:
+    """``Long[B, L, F]``: the learned policy's default word features of every row, as a data pipeline computes
+    them once per document at encoding time (not part of any timed call)."""
+    spec = FeatureSpec(DEFAULT_FEATURES, word_counts(texts))
+    return torch.from_numpy(np.stack([
+        document_features(text, offsets[i], word_ids[i].numpy(), entity_ids[i].numpy(), special[i].numpy(), spec)
+        for i, text in enumerate(texts)
+    ]))
 
 
 def describe(bench: Bench) -> dict[str, float]:
@@ -236,6 +249,7 @@ def policy_configs() -> dict[str, list[tuple[str, dict]]]:
         "whole_word": [("whole_word", {"rate": RATE})],
         "span": [("span (p=0.2, max 10 tokens)", {"rate": RATE})],
         "entity": [("entity (shortfall=top_up)", {"rate": RATE, "shortfall": "top_up"})],
+        "learned": [("learned (defaults: BiLSTM, Gumbel T=0.3)", {"rate": RATE})],
         "mixture": [("mixture (50% entity, 50% random)", {
             "components": {"entity": EntityPolicy(RATE, shortfall="top_up"), "random": RandomPolicy(RATE)},
             "weights": {"entity": 0.5, "random": 0.5},
@@ -271,6 +285,7 @@ def make_methods(bench: Bench, wwm_rows: int, wwm_rounds: int) -> list[Method]:
                 continue
             methods.append(Method(label, lambda p=policy, g=generator: corrupt(p.select(batch, g), g), n_tokens))
 
+    methods.append(pretraining_step(bench))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # whole_word_mask warns that it forces mask_replace_prob=1
         hf = DataCollatorForLanguageModeling(bench.tokenizer, mlm_probability=RATE, seed=0)
@@ -297,6 +312,33 @@ def make_methods(bench: Bench, wwm_rows: int, wwm_rounds: int) -> list[Method]:
               "random/keep) in this mode, so it does less corruption work than 80/10/10"),
     ))
     return methods
+
+
+def pretraining_step(bench: Bench, rounds: int = 3) -> Method:
+    """What masking is cheap *next to*: one training step of a small BERT (2 layers, hidden 128: the
+    tiny_bert config stretched to the batch's length) on the same batch, forward + backward + AdamW."""
+    _, length = bench.batch.input_ids.shape
+    config = transformers.BertConfig(vocab_size=len(bench.tokenizer), hidden_size=128, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=512, max_position_embeddings=length,
+                                     attn_implementation="eager")
+    model = transformers.BertForMaskedLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch, generator = bench.batch, torch.Generator().manual_seed(3)
+    inputs, labels = mlm_corrupt(batch.input_ids, RandomPolicy(RATE).select(batch, generator),
+                                 mask_token_id=bench.tokenizer.mask_token_id,
+                                 replacement_ids=bench.replacement_ids, generator=generator)
+    attention = bench.special_tokens_mask.new_ones(inputs.shape)
+
+    def step() -> Tensor:
+        loss = model(input_ids=inputs, attention_mask=attention, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return labels
+
+    return Method("reference: tiny-BERT pre-training step", step, batch.input_ids.numel(), rounds=rounds,
+                  note=f"BertForMaskedLM (2 layers, hidden 128, length {length}) forward + backward + AdamW on this "
+                       f"batch, {rounds} timed rounds: the step every mask is made for")
 
 
 # --------------------------------------------------------------------------- timing

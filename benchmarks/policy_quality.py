@@ -205,6 +205,13 @@ def per_fold(runs: Sequence[dict], metric: str = "precision") -> dict[str, dict[
     return {fold: {name: round(statistics.fmean(v), 4) for name, v in by.items()} for fold, by in folds.items()}
 
 
+def ratios(runs: Sequence[dict], name: str = "learned", baseline: str = "entity") -> dict[str, float]:
+    """Per fold, ``name``'s precision over ``baseline``'s (means over seeds); ``mean``: their mean."""
+    folds = per_fold(runs)
+    out = {fold: round(by[name] / by[baseline], 3) for fold, by in folds.items() if by[baseline] > 0}
+    return {**out, "mean": round(statistics.fmean(out.values()), 3)}
+
+
 def table(runs: Sequence[dict]) -> str:
     stats, folds = summary(runs), per_fold(runs)
     lines = ["| policy | precision | recall | mask overlap | " + " | ".join(f"{fold} P" for fold in folds) + " |",
@@ -239,9 +246,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"policy_quality: {error}") from None
     stats = summary(runs)
     print(table(runs))
+    for name in ("learned", "learned_topk"):
+        print(f"{name} / entity precision per fold: {ratios(runs, name)}")
     print(f"{len(runs)} runs in {time.perf_counter() - started:.0f} s; learn overrides: {args.learn or 'none'}")
     if args.json:
-        args.json.write_text(json.dumps({"learn": args.learn, "runs": runs, "summary": stats}, indent=1))
+        args.json.write_text(json.dumps({"learn": args.learn, "runs": runs, "summary": stats,
+                                         "learned_over_entity": ratios(runs)}, indent=1))
     print(json.dumps({name: {"precision": s["precision"], "recall": s["recall"]} for name, s in stats.items()}))
     sys.stdout.flush()
 

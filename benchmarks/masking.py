@@ -436,8 +436,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(header)
     print("-" * len(header))
     for name, entry in results.items():
-        print(f"{name:<40} {entry['tokens_per_s'] / 1e6:>12.2f} {entry['vs_hf_tensor']:>12.2f}x "
-              f"{entry['vs_hf_whole_word']:>9.1f}x {entry['spread']:>7.0%} {entry['masked_fraction']:>7.1%}")
+        print(f"{name:<40} {entry['tokens_per_s'] / 1e6:>12.4g} {entry['vs_hf_tensor']:>12.3g}x "
+              f"{entry['vs_hf_whole_word']:>9.3g}x {entry['spread']:>7.0%} {entry['masked_fraction']:>7.1%}")
     print()
     for name, entry in results.items():
         if entry["note"]:

@@ -50,11 +50,13 @@ def dense_groups(ids: Tensor, maskable: Tensor) -> Tensor:
     return torch.where(member, starts.long().cumsum(dim=1) - 1, -1)
 
 
-def select_groups(groups: Tensor, budget: Tensor, generator: torch.Generator) -> Tensor:
+def select_groups(groups: Tensor, budget: Tensor, generator: torch.Generator, truncate: bool = False) -> Tensor:
     """Masks whole groups in random order until each row's token budget is reached.
 
     The group that crosses the budget is taken when that lands nearer the budget
-    than stopping before it, so the expected masked count tracks the budget.
+    than stopping before it, so the expected masked count tracks the budget. With
+    ``truncate`` its first tokens are taken instead, up to the budget exactly (groups must
+    be contiguous runs, as :func:`dense_groups` makes them).
     Args: groups ``Long[B, L]`` from :func:`dense_groups`; budget ``Long[B]``.
     Returns ``Bool[B, L]``.
     """
@@ -71,10 +73,23 @@ def select_groups(groups: Tensor, budget: Tensor, generator: torch.Generator) ->
     end = sorted_sizes.cumsum(dim=1)
     start = end - sorted_sizes
     target = budget.unsqueeze(1)
+    if truncate:
+        return _first_tokens(groups, order, (target - start).clamp(min=0).minimum(sorted_sizes))
     crossing_is_nearer = (start < target) & (end - target <= target - start)
     take = ((end <= target) | crossing_is_nearer) & (sorted_sizes > 0)
     chosen_groups = torch.zeros_like(member).scatter(1, order, take)
     return chosen_groups.gather(1, index) & member
+
+
+def _first_tokens(groups: Tensor, order: Tensor, allowed: Tensor) -> Tensor:
+    """``Bool[B, L]``: the first ``allowed[b, j]`` tokens of group ``order[b, j]`` (contiguous groups)."""
+    member = groups >= 0
+    index = groups.clamp(min=0)
+    count, never = member.long().cumsum(dim=1), groups.shape[1] + 1
+    first = torch.full_like(groups, never).scatter_reduce(1, index, count.masked_fill(~member, never), "amin")
+    offset = count - first.gather(1, index)
+    per_group = torch.zeros_like(groups).scatter(1, order, allowed)
+    return member & (offset < per_group.gather(1, index))
 
 
 def truncated_geometric(

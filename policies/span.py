@@ -17,9 +17,10 @@ class SpanPolicy:
 
     Each sequence is cut into consecutive segments whose lengths are drawn from
     Geometric(p) truncated at ``max_length``; segments are then masked in random
-    order up to the budget. Masked spans therefore never overlap, their lengths
-    follow the truncated geometric law (mean 3.8 at SpanBERT's p=0.2, max 10), and
-    two chosen neighbours can touch, as in SpanBERT.
+    order up to the budget, the last one cut to end exactly at it (``unit="token"``). Masked spans
+    therefore never overlap, their lengths follow the truncated geometric law (mean
+    3.8 at SpanBERT's p=0.2, max 10) but for that one shortened span per row, and two
+    chosen neighbours can touch, as in SpanBERT.
 
     Args:
         rate: fraction of maskable tokens to mask, in (0, 1].
@@ -49,4 +50,6 @@ class SpanPolicy:
         lengths = truncated_geometric(tuple(units.shape), self.p, self.max_length, generator, units.device)
         segments = partition_into_segments(units, lengths)
         spans = dense_groups(segments, batch.maskable)
-        return select_groups(spans, budget(batch.maskable, self.rate), generator)
+        # Token spans: the one that crosses the budget is cut to fit, so every row masks round(rate · n) tokens
+        # exactly, short rows included. Word spans are not cut (half a word is not a word).
+        return select_groups(spans, budget(batch.maskable, self.rate), generator, truncate=self.unit == "token")

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -96,17 +97,34 @@ def squad_files(tmp: Path) -> list[Path]:
             for k, article in enumerate(read_articles([SHARED / name for name in SAMPLE_FILES]))]
 
 
-def bioworld_to_squad(seed: int, articles: list[Path]) -> dict:
-    """Per held-out article: the bioworld policy vs one trained on the other three articles."""
-    source = trained(["task=bioworld"], seed)
-    per_article = []
+@dataclass(frozen=True)
+class Fold:
+    """One held-out SQuAD article: the policy trained on the other three, and the article as its own run sees it."""
+
+    trained: TrainedPolicy
+    task: Task
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+
+
+def leave_one_out(seed: int, articles: list[Path]) -> list[Fold]:
+    """Every fold once per seed; both the bioworld → SQuAD and the tokenizer comparisons read them."""
+    folds = []
     for k, article in enumerate(articles):
         others = write_articles(read_articles([a for i, a in enumerate(articles) if i != k]),
                                 article.with_name(f"others-{k}.json"))
-        in_target = trained(["task=squad", f"task.path={others}"], seed, ALL)
-        task, tokenizer, max_length = target(["task=squad", f"task.path={article}"])
-        rows = target_rows(task, ALL, tokenizer, max_length)
-        per_article.append(scores(source.policy, in_target.policy, rows, tokenizer.pad_token_id, seed))
+        folds.append(Fold(trained(["task=squad", f"task.path={others}"], seed, ALL),
+                          *target(["task=squad", f"task.path={article}"])))
+    return folds
+
+
+def bioworld_to_squad(seed: int, folds: list[Fold]) -> dict:
+    """Per held-out article: the bioworld policy vs one trained on the other three articles."""
+    source = trained(["task=bioworld"], seed)
+    per_article = []
+    for fold in folds:
+        rows = target_rows(fold.task, ALL, fold.tokenizer, fold.max_length)
+        per_article.append(scores(source.policy, fold.trained.policy, rows, fold.tokenizer.pad_token_id, seed))
     return _mean_of(per_article)
 
 
@@ -131,24 +149,21 @@ def byte_level_bpe(texts: Sequence[str], vocab_size: int = 4000) -> PreTrainedTo
                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
-def across_tokenizers(seed: int, articles: list[Path]) -> dict:
+def across_tokenizers(seed: int, folds: list[Fold]) -> dict:
     """Trained with cased WordPiece on three articles; the fourth tokenised three ways."""
     out: dict[str, list[dict]] = {}
-    for k, article in enumerate(articles):
-        others = write_articles(read_articles([a for i, a in enumerate(articles) if i != k]),
-                                article.with_name(f"others-{k}.json"))
-        source = trained(["task=squad", f"task.path={others}"], seed, ALL)
-        held_out = target(["task=squad", f"task.path={article}"])[0]
-        texts = [document.text for document in held_out.corpus()]
+    for fold in folds:
+        source = fold.trained
+        texts = [document.text for document in fold.task.corpus()]
         # small vocabularies, so that most words split into several tokens unlike in training
-        for name, tokenizer in (("wordpiece_cased", source.spec.build_tokenizer(texts)),
+        for name, tokenizer in (("wordpiece_cased", fold.tokenizer),
                                 ("wordpiece_lower_600", train_wordpiece(texts, SMALL_VOCABULARY, lowercase=True)),
                                 ("byte_level_bpe_600", byte_level_bpe(texts, SMALL_VOCABULARY))):
-            rows = target_rows(held_out, ALL, tokenizer, source.spec.max_length)
-            policies = contenders(source.policy)
+            rows = target_rows(fold.task, ALL, tokenizer, source.spec.max_length)
+            entity = contenders(source.policy)["entity"]
             out.setdefault(name, []).append({
                 "transferred": _pr(mask_quality(source.policy, rows, tokenizer.pad_token_id, seed)),
-                "entity": _pr(mask_quality(policies["entity"], rows, tokenizer.pad_token_id, seed))})
+                "entity": _pr(mask_quality(entity, rows, tokenizer.pad_token_id, seed))})
     return {name: _mean_of(runs) for name, runs in out.items()}
 
 
@@ -164,9 +179,10 @@ def quality(seeds: Sequence[int]) -> dict[str, list[dict]]:
         all_articles = write_articles(read_articles(articles), Path(tmp) / "all.json")
         for seed in seeds:
             results.setdefault("world A → world B", []).append(world_to_world(seed))
-            results.setdefault("bioworld → SQuAD article", []).append(bioworld_to_squad(seed, articles))
+            folds = leave_one_out(seed, articles)
+            results.setdefault("bioworld → SQuAD article", []).append(bioworld_to_squad(seed, folds))
             results.setdefault("SQuAD (4 articles) → bioworld", []).append(squad_to_bioworld(seed, all_articles))
-            for name, result in across_tokenizers(seed, articles).items():
+            for name, result in across_tokenizers(seed, folds).items():
                 results.setdefault(f"SQuAD → held-out article, {name}", []).append(result)
             print(f"seed {seed} done", flush=True)
     return results

@@ -1,12 +1,15 @@
 """What to mask: pluggable, vectorised masking policies. Depends on torch only."""
 
-from .base import BudgetError, MaskingPolicy, PolicyError, TokenBatch, check_rate
+from .base import BudgetError, FitsCorpus, MaskingPolicy, PolicyError, TokenBatch, check_rate
 from .corruption import IGNORE_INDEX, Seq2SeqBatch, mlm_corrupt, sentinel_corrupt
 from .entity import EntityPolicy
 from .features import DEFAULT_FEATURES, FEATURE_SIZES, FEATURES, PORTABLE_FEATURES
+from .informative import InformativePolicy
 from .learned import LearnedPolicy, TokenScorer
 from .mixture import MixturePolicy
+from .pmi import PMIPolicy
 from .registry import ENTRY_POINT_GROUP, available, build, resolve
+from .schedule import RateSchedule, set_rate
 from .span import SpanPolicy
 from .token import RandomPolicy
 from .whole_word import WholeWordPolicy
@@ -19,12 +22,16 @@ __all__ = [
     "DEFAULT_FEATURES",
     "FEATURES",
     "FEATURE_SIZES",
+    "FitsCorpus",
+    "InformativePolicy",
     "LearnedPolicy",
     "PORTABLE_FEATURES",
     "MaskingPolicy",
     "MixturePolicy",
+    "PMIPolicy",
     "PolicyError",
     "RandomPolicy",
+    "RateSchedule",
     "Seq2SeqBatch",
     "SpanPolicy",
     "TokenBatch",
@@ -36,4 +43,5 @@ __all__ = [
     "mlm_corrupt",
     "resolve",
     "sentinel_corrupt",
+    "set_rate",
 ]

@@ -83,6 +83,24 @@ class MaskingPolicy(Protocol):
         ...
 
 
+@runtime_checkable
+class FitsCorpus(Protocol):
+    """A policy that reads statistics of the pre-training corpus (n-gram tables, word scores).
+
+    The pipeline calls :meth:`fit` once on the encoded corpus, or :meth:`load_tables` with the
+    tables a previous :meth:`fit` returned for the same corpus and ``table_parameters``."""
+
+    table_parameters: dict
+
+    def fit(self, corpus: TokenBatch) -> dict[str, Tensor]:
+        """Builds the tables from ``corpus``, keeps them, and returns them (name → tensor)."""
+        ...
+
+    def load_tables(self, tables: dict[str, Tensor]) -> None:
+        """Uses tables an earlier :meth:`fit` returned."""
+        ...
+
+
 def check_rate(rate: float) -> float:
     """Validates a masking rate, the fraction of maskable tokens to mask."""
     if not 0.0 < float(rate) <= 1.0:

@@ -50,20 +50,22 @@ def dense_groups(ids: Tensor, maskable: Tensor) -> Tensor:
     return torch.where(member, starts.long().cumsum(dim=1) - 1, -1)
 
 
-def select_groups(groups: Tensor, budget: Tensor, generator: torch.Generator, truncate: bool = False) -> Tensor:
-    """Masks whole groups in random order until each row's token budget is reached.
+def select_groups(groups: Tensor, budget: Tensor, generator: torch.Generator, truncate: bool = False,
+                  group_keys: Tensor | None = None) -> Tensor:
+    """Masks whole groups in random order (or in ascending ``group_keys``) until each row's token budget is reached.
 
     The group that crosses the budget is taken when that lands nearer the budget
     than stopping before it, so the expected masked count tracks the budget. With
     ``truncate`` its first tokens are taken instead, up to the budget exactly (groups must
     be contiguous runs, as :func:`dense_groups` makes them).
-    Args: groups ``Long[B, L]`` from :func:`dense_groups`; budget ``Long[B]``.
+    Args: groups ``Long[B, L]`` from :func:`dense_groups`; budget ``Long[B]``; group_keys ``Float[B, L]``, the
+    key of group g at ``[:, g]`` (no random draw then).
     Returns ``Bool[B, L]``.
     """
     member = groups >= 0
     index = groups.clamp(min=0)
     sizes = torch.zeros_like(groups).scatter_add_(1, index, member.long())
-    keys = torch.rand(groups.shape, generator=generator, device=groups.device)
+    keys = torch.rand(groups.shape, generator=generator, device=groups.device) if group_keys is None else group_keys
     # Groups are non-empty, so the group at sorted place j starts after ≥ j tokens and
     # only places j < budget can be taken: a partial sort (topk) of the first
     # max(budget) places gives the same choice as a full argsort, for less work.

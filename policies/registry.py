@@ -18,8 +18,10 @@ from typing import Any
 
 from .base import MaskingPolicy, PolicyError
 from .entity import EntityPolicy
+from .informative import InformativePolicy
 from .learned import LearnedPolicy
 from .mixture import MixturePolicy
+from .pmi import PMIPolicy
 from .span import SpanPolicy
 from .token import RandomPolicy
 from .whole_word import WholeWordPolicy
@@ -33,6 +35,8 @@ BUILTIN: dict[str, Callable[..., MaskingPolicy]] = {
     "entity": EntityPolicy,
     "mixture": MixturePolicy,
     "learned": LearnedPolicy,
+    "pmi": PMIPolicy,
+    "informative": InformativePolicy,
 }
 
 

@@ -16,8 +16,10 @@ import torch
 
 from maskpolicy.policies import (
     EntityPolicy,
+    InformativePolicy,
     MaskingPolicy,
     MixturePolicy,
+    PMIPolicy,
     RandomPolicy,
     SpanPolicy,
     TokenBatch,
@@ -40,7 +42,35 @@ FACTORIES: dict[str, Factory] = {
     "entity[top_up]": lambda rate: EntityPolicy(rate, shortfall="top_up"),
     "entity[allow]": lambda rate: EntityPolicy(rate, shortfall="allow"),
     "mixture[entity+random]": lambda rate: MixturePolicy([EntityPolicy(rate), RandomPolicy(rate)], [0.5, 0.5]),
+    "pmi": lambda rate: fitted(PMIPolicy(rate)),
+    "pmi[bigrams]": lambda rate: fitted(PMIPolicy(rate, max_n=2)),
+    "informative": lambda rate: fitted(InformativePolicy(rate)),
 }
+
+
+def phrase_corpus(n_rows: int = 40, seed: int = 0) -> TokenBatch:
+    """Rows of the same twelve three-word phrases (one or two tokens a word) in shuffled order, so n-grams recur."""
+    generator = torch.Generator().manual_seed(seed)
+    phrases = torch.randint(10, 1000, (12, 3, 2), generator=generator)
+    sizes = torch.randint(1, 3, (12, 3), generator=generator)
+    rows, words = [], []
+    for _ in range(n_rows):
+        tokens, word_ids = [1], [-1]
+        for phrase in torch.randperm(12, generator=generator).tolist():
+            for word in range(3):
+                size = int(sizes[phrase, word])
+                tokens += phrases[phrase, word, :size].tolist()
+                word_ids += [len(set(word_ids)) - 1] * size
+        rows.append([*tokens, 2])
+        words.append([*word_ids, -1])
+    input_ids = torch.tensor(rows)
+    return TokenBatch(input_ids, input_ids >= 10, torch.tensor(words))
+
+
+def fitted(policy):
+    """A policy that reads corpus tables, fitted on :func:`phrase_corpus`."""
+    policy.fit(phrase_corpus())
+    return policy
 CASES = sorted({*available(), *FACTORIES})
 
 

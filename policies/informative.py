@@ -1,0 +1,110 @@
+"""Informativeness masking (after InforMask, Sadeq et al. 2022): the most informative words first.
+
+A word occurrence's informativeness is the sum of its PMI with the words around it (within
+``window`` words on either side, in the same row); a word's score is the mean over its
+occurrences in the corpus, as InforMask's token-specific rates precompute it. :meth:`fit`
+builds that table once; :meth:`select` reads it and masks whole words in order of
+``score / temperature + Gumbel noise``, so the most informative words are masked most often
+while masks still vary between epochs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import PolicyError, TokenBatch, check_rate
+from .ops import budget, select_groups
+from .words import count_keys, lookup, ngram_keys, words_of
+
+
+class InformativePolicy:
+    """Masks whole words, the ones with the highest corpus informativeness most often.
+
+    Args:
+        rate: fraction of maskable tokens to mask, in (0, 1].
+        window: words on each side that count as a word's context.
+        temperature: > 0; scores are standardised over the corpus's words, so at 1 a word one
+            standard deviation above another is chosen first e (≈ 2.7) times as often; small
+            values approach a fixed top-k, large ones whole-word masking.
+    """
+
+    def __init__(self, rate: float = 0.15, window: int = 10, temperature: float = 0.5) -> None:
+        self.rate = check_rate(rate)
+        if int(window) < 1:
+            raise PolicyError(f"informative window must be ≥ 1 word, got {window}")
+        if not float(temperature) > 0:
+            raise PolicyError(f"informative temperature must be > 0, got {temperature}")
+        self.window, self.temperature = int(window), float(temperature)
+        self.tables: dict[str, Tensor] | None = None
+
+    @property
+    def table_parameters(self) -> dict[str, int | str]:
+        """What decides the table besides the corpus (part of its cache key)."""
+        return {"kind": "informative", "window": self.window}
+
+    def fit(self, corpus: TokenBatch) -> dict[str, Tensor]:
+        """Scores every corpus word; returns and keeps the table (``keys`` sorted, standardised ``scores``)."""
+        words = words_of(corpus, "informative")
+        keys, valid = ngram_keys(words, 1)
+        distinct, counts = count_keys(keys, valid)
+        if distinct.numel() < 2:
+            raise PolicyError("the corpus is too small to score informativeness: it needs at least two distinct "
+                              "words; use a larger corpus")
+        log_p = torch.log(counts.double()) - math.log(int(valid.sum()))
+        pairs, pair_valid, offsets = _context_pairs(keys, valid, self.window)
+        pair_keys, pair_counts = count_keys(pairs, pair_valid)
+        pair_log_p = torch.log(pair_counts.double()) - math.log(int(pair_valid.sum()))
+        occurrence = torch.zeros(keys.shape, dtype=torch.float64)
+        own = lookup(distinct, log_p, keys, 0.0)
+        for channel, d in enumerate(offsets):
+            pmi = (lookup(pair_keys, pair_log_p, pairs[..., channel], 0.0) - own
+                   - lookup(distinct, log_p, keys.roll(-d, dims=1), 0.0))
+            occurrence += torch.where(pair_valid[..., channel], pmi, 0.0)
+        index = torch.searchsorted(distinct, keys[valid])
+        mean = torch.zeros_like(log_p).scatter_add_(0, index, occurrence[valid]) / counts
+        scores = ((mean - mean.mean()) / mean.std().clamp(min=1e-12)).float()
+        tables = {"keys": distinct, "scores": scores}
+        self.load_tables(tables)
+        return tables
+
+    def load_tables(self, tables: dict[str, Tensor]) -> None:
+        """Uses a table made by :meth:`fit` (e.g. read back from a cache)."""
+        if set(tables) != {"keys", "scores"}:
+            raise PolicyError(f"informative tables need keys and scores, got {sorted(tables)}: refit")
+        self.tables = dict(tables)
+
+    def select(self, batch: TokenBatch, generator: torch.Generator) -> Tensor:
+        if self.tables is None:
+            raise PolicyError("the informative policy has no word scores yet: call policy.fit(corpus) on the "
+                              "pre-training corpus first (maskpolicy-pretrain does), or load_tables(...)")
+        words = words_of(batch, "informative")
+        keys, _ = ngram_keys(words, 1)
+        score = lookup(self.tables["keys"].to(keys.device), self.tables["scores"].to(keys.device), keys, 0.0)
+        uniform = torch.rand(score.shape, generator=generator, device=score.device).clamp(1e-12, 1 - 1e-7)
+        gumbel = -torch.log(-torch.log(uniform))
+        order = -(score / self.temperature + gumbel)  # ascending order = the words to mask first
+        by_group = torch.nn.functional.pad(order, (0, words.groups.shape[1] - order.shape[1]), value=float("inf"))
+        return select_groups(words.groups, budget(batch.maskable, self.rate), generator, group_keys=by_group)
+
+
+def _context_pairs(keys: Tensor, valid: Tensor, window: int) -> tuple[Tensor, Tensor, list[int]]:
+    """Keys of (word, neighbour at offset d) pairs for d in ±1..window: ``Long[B, W, 2·window]``, their validity,
+    and the offsets in channel order."""
+    offsets = [d for d in range(-window, window + 1) if d]
+    width = keys.shape[1]
+    pairs, pair_valid = [], []
+    for d in offsets:
+        inside = (torch.arange(width) + d >= 0) & (torch.arange(width) + d < width)
+        neighbour, neighbour_valid = keys.roll(-d, dims=1), valid.roll(-d, dims=1) & inside
+        pairs.append(_pair_key(keys, neighbour))
+        pair_valid.append(valid & neighbour_valid)
+    return torch.stack(pairs, -1), torch.stack(pair_valid, -1), offsets
+
+
+def _pair_key(first: Tensor, second: Tensor) -> Tensor:
+    """An order-free key of two word keys (PMI is symmetric)."""
+    low, high = torch.minimum(first, second), torch.maximum(first, second)
+    return (low * 1_000_003 + high) & (2**62 - 1)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import TokenBatch, check_rate
-from .ops import budget, select_count
+from .ops import budget, select_count_nonnegative
 
 
 class RandomPolicy:
@@ -26,4 +26,4 @@ class RandomPolicy:
         keys = torch.rand(batch.input_ids.shape, generator=generator, device=batch.input_ids.device)
         if not self.exact:
             return (keys < self.rate) & batch.maskable
-        return select_count(keys, batch.maskable, budget(batch.maskable, self.rate))
+        return select_count_nonnegative(keys, batch.maskable, budget(batch.maskable, self.rate))

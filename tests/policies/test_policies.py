@@ -34,6 +34,7 @@ from maskpolicy.policies.ops import (
     dense_groups,
     partition_into_segments,
     select_count,
+    select_count_nonnegative,
     select_groups,
     truncated_geometric,
 )
@@ -189,6 +190,18 @@ def test_select_count_smallest_keys() -> None:
     chosen = select_count(keys, maskable, torch.tensor([2, 3]))
     # row 0: position 4 has the smallest key but is not maskable
     assert chosen.int().tolist() == [[0, 1, 0, 1, 0], [1, 1, 0, 0, 1]]
+
+
+def test_select_count_nonnegative_makes_the_same_choice_as_select_count() -> None:
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.rand(50, 40, generator=generator)
+    maskable = torch.rand(50, 40, generator=generator) < 0.8
+    count = (torch.rand(50, generator=generator) * (maskable.sum(1) + 1)).long().clamp(max=maskable.sum(1))
+    count[:3] = torch.tensor([0, int(maskable[1].sum()), 0])
+    chosen = select_count_nonnegative(keys, maskable, count)
+    assert torch.equal(chosen, select_count(keys, maskable, count))
+    assert chosen.sum(1).tolist() == count.tolist()
+    assert select_count_nonnegative(keys, maskable, torch.zeros(50, dtype=torch.long)).sum() == 0
 
 
 def test_select_count_is_exact_with_tied_keys() -> None:

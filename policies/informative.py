@@ -19,6 +19,8 @@ from .base import PolicyError, TokenBatch, check_rate
 from .ops import budget, select_groups
 from .words import count_keys, lookup, ngram_keys, words_of
 
+ROWS_PER_CHUNK = 512  # context pairs are counted this many rows at a time: 2·window keys per word occurrence
+
 
 class InformativePolicy:
     """Masks whole words, the ones with the highest corpus informativeness most often.
@@ -54,21 +56,29 @@ class InformativePolicy:
             raise PolicyError("the corpus is too small to score informativeness: it needs at least two distinct "
                               "words; use a larger corpus")
         log_p = torch.log(counts.double()) - math.log(int(valid.sum()))
-        pairs, pair_valid, offsets = _context_pairs(keys, valid, self.window)
-        pair_keys, pair_counts = count_keys(pairs, pair_valid)
-        pair_log_p = torch.log(pair_counts.double()) - math.log(int(pair_valid.sum()))
-        occurrence = torch.zeros(keys.shape, dtype=torch.float64)
-        own = lookup(distinct, log_p, keys, 0.0)
-        for channel, d in enumerate(offsets):
-            pmi = (lookup(pair_keys, pair_log_p, pairs[..., channel], 0.0) - own
-                   - lookup(distinct, log_p, keys.roll(-d, dims=1), 0.0))
-            occurrence += torch.where(pair_valid[..., channel], pmi, 0.0)
+        chunks = [slice(start, start + ROWS_PER_CHUNK) for start in range(0, keys.shape[0], ROWS_PER_CHUNK)]
+        pair_keys, pair_counts = _merge_counts([count_keys(*_context_pairs(keys[rows], valid[rows], self.window)[:2])
+                                                for rows in chunks])
+        pair_log_p = torch.log(pair_counts.double()) - math.log(int(pair_counts.sum()))
+        occurrence = torch.cat([self._context_pmi(keys[rows], valid[rows], (distinct, log_p), (pair_keys, pair_log_p))
+                                for rows in chunks])
         index = torch.searchsorted(distinct, keys[valid])
         mean = torch.zeros_like(log_p).scatter_add_(0, index, occurrence[valid]) / counts
         scores = ((mean - mean.mean()) / mean.std().clamp(min=1e-12)).float()
         tables = {"keys": distinct, "scores": scores}
         self.load_tables(tables)
         return tables
+
+    def _context_pmi(self, keys: Tensor, valid: Tensor, words: tuple[Tensor, Tensor], pairs: tuple[Tensor, Tensor]
+                     ) -> Tensor:
+        """``Float64[B, W]``: each word occurrence's summed PMI with its context words."""
+        context, context_valid, offsets = _context_pairs(keys, valid, self.window)
+        own = lookup(*words, keys, 0.0)
+        total = torch.zeros(keys.shape, dtype=torch.float64)
+        for channel, d in enumerate(offsets):
+            pmi = lookup(*pairs, context[..., channel], 0.0) - own - lookup(*words, keys.roll(-d, dims=1), 0.0)
+            total += torch.where(context_valid[..., channel], pmi, 0.0)
+        return total
 
     def load_tables(self, tables: dict[str, Tensor]) -> None:
         """Uses a table made by :meth:`fit` (e.g. read back from a cache)."""
@@ -88,6 +98,12 @@ class InformativePolicy:
         order = -(score / self.temperature + gumbel)  # ascending order = the words to mask first
         by_group = torch.nn.functional.pad(order, (0, words.groups.shape[1] - order.shape[1]), value=float("inf"))
         return select_groups(words.groups, budget(batch.maskable, self.rate), generator, group_keys=by_group)
+
+
+def _merge_counts(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Distinct keys (sorted) and their total counts from per-chunk ``(keys, counts)``."""
+    keys, inverse = torch.unique(torch.cat([k for k, _ in parts]), sorted=True, return_inverse=True)
+    return keys, torch.zeros_like(keys).scatter_add_(0, inverse, torch.cat([c for _, c in parts]))
 
 
 def _context_pairs(keys: Tensor, valid: Tensor, window: int) -> tuple[Tensor, Tensor, list[int]]:

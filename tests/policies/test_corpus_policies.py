@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from maskpolicy.policies import InformativePolicy, PMIPolicy, PolicyError, TokenBatch, WholeWordPolicy
+from maskpolicy.policies import informative as informative_module
 from maskpolicy.policies.pmi import _non_overlapping, _segmentations
 from maskpolicy.policies.words import ngram_keys, words_of
 
@@ -249,3 +250,11 @@ def test_a_corpus_of_one_word_is_refused():
 def test_informative_select_before_fit_names_the_fix():
     with pytest.raises(PolicyError, match="call policy.fit"):
         InformativePolicy().select(encode(SENTENCES), torch.Generator())
+
+
+def test_informative_counts_the_same_in_chunks_of_rows(monkeypatch):
+    whole = InformativePolicy(window=2).fit(encode(SENTENCES))
+    monkeypatch.setattr(informative_module, "ROWS_PER_CHUNK", 3)
+    chunked = InformativePolicy(window=2).fit(encode(SENTENCES))
+    assert torch.equal(whole["keys"], chunked["keys"])
+    assert torch.allclose(whole["scores"], chunked["scores"], atol=1e-6)

@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PLUGIN := tests/plugins/maskpolicy-vowel
 
-.PHONY: install test test-fast lint demo benchmark benchmark-search clean
+.PHONY: install test test-fast lint demo benchmark benchmark-search gpu-check clean
 
 $(VENV)/.installed: pyproject.toml $(PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml $(PLUGIN)/pyproject.toml
 install: $(VENV)/.installed
 
 lint: install
-	$(BIN)/ruff check policies tasks meta tests benchmarks
+	$(BIN)/ruff check policies tasks meta tests benchmarks hydra_plugins
 
 # pytest exits 5 when it collected no tests; that is a failure here, not a pass.
 test: lint
@@ -41,6 +41,11 @@ benchmark: install
 
 benchmark-search: install   # ~15 min on 2 cores
 	$(BIN)/python benchmarks/search.py --trials 8 --people 100 --steps 300 --epochs 10
+
+# Masking, pre-training (fp32, bf16), meta-step and scoring costs on one GPU (under a minute on an H100; no downloads).
+# Install a CUDA torch first (see TORCH above); without a GPU it runs tiny sizes on the CPU as a smoke check.
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py --json outputs/gpu_check.json
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

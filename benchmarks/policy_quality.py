@@ -6,7 +6,8 @@ of the answers to that article's questions. The learned policy is trained, with 
 ``maskpolicy-learn`` defaults unless ``--learn`` overrides them, on the *other* articles'
 answers only. Contenders: ``learned`` (its default sampling), ``learned_topk`` (the same
 scorer, greedy), ``entity`` (the rule tagger; ``entity_spacy`` too when spaCy and its model
-are installed), ``whole_word``, ``span``, ``random``.
+are installed), ``pmi`` and ``informative`` (tables from the held-out article's own text),
+``whole_word``, ``span``, ``random``.
 
 The held-out article is encoded as its own pre-training run would see it: a tokenizer
 trained on its text, word frequencies counted on its text, entities from the tagger.
@@ -41,8 +42,11 @@ from maskpolicy.meta.learning.train import train_policy
 from maskpolicy.policies import (
     FEATURES,
     EntityPolicy,
+    InformativePolicy,
     LearnedPolicy,
     MaskingPolicy,
+    PMIPolicy,
+    PolicyError,
     RandomPolicy,
     SpanPolicy,
     WholeWordPolicy,
@@ -88,12 +92,22 @@ def heldout_rows(path: Path, tagger: Tagger, model_config) -> tuple[AnswerRows, 
     return encode_answers(task, ALL, tokenizer, spec.max_length, feature_spec(task, FEATURES)), tokenizer.pad_token_id
 
 
-def contenders(learned: LearnedPolicy) -> dict[str, MaskingPolicy]:
-    """Every policy at the same rate; entity tops up with random tokens where a row has too few entities."""
+def contenders(learned: LearnedPolicy, rows: AnswerRows, pad: int) -> dict[str, MaskingPolicy]:
+    """Every policy at the same rate; entity tops up with random tokens where a row has too few entities. ``pmi``
+    and ``informative`` read tables of the held-out article's own text (no labels), as its pre-training run would."""
+    corpus = token_batch(rows.batch(range(len(rows.rows)), pad)[0])
+    fitted = {}
+    for name, policy in {"pmi": PMIPolicy(RATE), "informative": InformativePolicy(RATE)}.items():
+        try:
+            policy.fit(corpus)
+            fitted[name] = policy
+        except PolicyError as error:
+            print(f"{name} left out on this article: {error}")
     return {
         "learned": learned,
         "learned_topk": LearnedPolicy(learned.rate, sampling="topk", scorer=learned.scorer),
         "entity": EntityPolicy(RATE, shortfall="top_up"),
+        **fitted,
         "whole_word": WholeWordPolicy(RATE),
         "span": SpanPolicy(RATE),
         "random": RandomPolicy(RATE),
@@ -116,7 +130,7 @@ def judge(train_path: Path, eval_path: Path, seed: int, overrides: Sequence[str]
     if learned.rate != RATE:
         raise SystemExit(f"the learned policy's rate is {learned.rate}; every contender masks at {RATE}")
     rows, pad = heldout_rows(eval_path, RuleTagger(), cfg.model)
-    results = {name: _quality(policy, rows, pad, seed) for name, policy in contenders(learned).items()}
+    results = {name: _quality(policy, rows, pad, seed) for name, policy in contenders(learned, rows, pad).items()}
     tagger = spacy_tagger()
     if tagger is not None:
         spacy_rows, pad = heldout_rows(eval_path, tagger, cfg.model)

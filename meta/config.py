@@ -7,10 +7,12 @@ become ``policy=<name>`` choices through :func:`register_plugin_policies`; and
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -19,7 +21,7 @@ from hydra.errors import InstantiationException
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from maskpolicy.meta.scoring.estimators import MLLError
-from maskpolicy.policies import PolicyError
+from maskpolicy.policies import MaskingPolicy, PolicyError, RateSchedule
 from maskpolicy.policies.registry import plugin_entry_points
 from maskpolicy.tasks.base import TaskError
 
@@ -89,6 +91,23 @@ def plugin_policy_node(target: str, factory: Any) -> dict[str, Any]:
     return node
 
 
+def expose_hydra_plugins() -> None:
+    """Makes this project's Hydra plugins (``hydra/sweeper=maskpolicy_optuna``) visible to Hydra's plugin scan.
+
+    Hydra walks the directories of the ``hydra_plugins`` namespace; an editable install (``pip install -e``)
+    serves ours through an import hook instead of a directory, so its real directory is added here.
+    """
+    try:
+        import hydra_plugins
+    except ImportError:
+        return
+    spec = importlib.util.find_spec("hydra_plugins.maskpolicy_optuna_sweeper")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        parent = str(Path(location).parent)
+        if parent not in list(hydra_plugins.__path__):
+            hydra_plugins.__path__.append(parent)
+
+
 def register_plugin_policies(config_store: ConfigStore | None = None) -> list[str]:
     """Stores a ``policy/<name>`` config for every installed plugin policy; returns the names.
 
@@ -104,3 +123,39 @@ def register_plugin_policies(config_store: ConfigStore | None = None) -> list[st
         config_store.store(group="policy", name=name, node=plugin_policy_node(target, factory))
         registered.append(name)
     return registered
+
+
+SCHEDULE_KEY = "schedule"
+
+
+def build_policy(node: Any, what: str = "policy") -> tuple[MaskingPolicy, RateSchedule | None]:
+    """Builds a policy config and its rate schedule (``None`` when constant).
+
+    ``schedule`` is a key of every policy config, not a constructor argument: the top-level one
+    drives the rate over pre-training; a nested one (a mixture component's) must stay constant.
+    """
+    container = plain(node) if isinstance(node, DictConfig) else dict(node)
+    schedule = container.pop(SCHEDULE_KEY, None) or {}
+    _drop_nested_schedules(container, what)
+    try:
+        rate_schedule = RateSchedule(**schedule) if isinstance(schedule, dict) else RateSchedule(kind=schedule)
+    except TypeError as error:
+        raise ConfigError(f"{what}.schedule: {error}; its keys are kind, start, end, at, steps") from error
+    policy = build(OmegaConf.create(container), what)
+    if not rate_schedule.varies:
+        return policy, None
+    if (rate_schedule.start is None or rate_schedule.end is None) and not hasattr(policy, "rate"):
+        raise ConfigError(f"{what}.schedule: {type(policy).__name__} has no single rate to start or end at; set "
+                          f"{what}.schedule.start and {what}.schedule.end")
+    return policy, rate_schedule
+
+
+def _drop_nested_schedules(container: dict, what: str) -> None:
+    for key, value in container.items():
+        if isinstance(value, dict):
+            nested = value.pop(SCHEDULE_KEY, None)
+            kind = nested.get("kind", "constant") if isinstance(nested, dict) else (nested or "constant")
+            if kind != "constant":
+                raise ConfigError(f"{what}.{key}.schedule: only the whole policy's rate can follow a schedule; set "
+                                  f"{what}.schedule instead")
+            _drop_nested_schedules(value, f"{what}.{key}")

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .base import PolicyError, TokenBatch, check_rate
 from .ops import budget, select_groups
-from .words import count_keys, lookup, ngram_keys, words_of
+from .words import KeyTable, count_keys, lookup, ngram_keys, words_of
 
 ROWS_PER_CHUNK = 512  # context pairs are counted this many rows at a time: 2·window keys per word occurrence
 
@@ -85,6 +85,7 @@ class InformativePolicy:
         if set(tables) != {"keys", "scores"}:
             raise PolicyError(f"informative tables need keys and scores, got {sorted(tables)}: refit")
         self.tables = dict(tables)
+        self._lookup = KeyTable(tables["keys"], tables["scores"])
 
     def select(self, batch: TokenBatch, generator: torch.Generator) -> Tensor:
         if self.tables is None:
@@ -92,7 +93,7 @@ class InformativePolicy:
                               "pre-training corpus first (maskpolicy-pretrain does), or load_tables(...)")
         words = words_of(batch, "informative")
         keys, _ = ngram_keys(words, 1)
-        score = lookup(self.tables["keys"].to(keys.device), self.tables["scores"].to(keys.device), keys, 0.0)
+        score = self._lookup.to(keys.device).get(keys, 0.0)
         uniform = torch.rand(score.shape, generator=generator, device=score.device).clamp(1e-12, 1 - 1e-7)
         gumbel = -torch.log(-torch.log(uniform))
         order = -(score / self.temperature + gumbel)  # ascending order = the words to mask first

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .base import PolicyError, TokenBatch, check_rate
 from .ops import budget, dense_groups, select_groups
-from .words import Words, count_keys, lookup, ngram_keys, words_of
+from .words import KeyTable, Words, count_keys, lookup, ngram_orders, words_of
 
 NOT_FOUND = float("-inf")
 
@@ -58,7 +58,7 @@ class PMIPolicy:
     def fit(self, corpus: TokenBatch) -> dict[str, Tensor]:
         """Scores the corpus's n-grams and keeps the tables; returns them (``keys_n``, ``scores_n`` per order)."""
         words = words_of(corpus, "pmi")
-        grams = {n: ngram_keys(words, n) for n in range(1, self.max_n + 1)}
+        grams = ngram_orders(words, self.max_n)
         log_p = {n: _log_probabilities(*grams[n]) for n in grams}
         tables = {}
         for n in range(2, self.max_n + 1):
@@ -79,6 +79,7 @@ class PMIPolicy:
         if missing:
             raise PolicyError(f"pmi tables lack {', '.join(missing)}; they were made with another max_n: refit")
         self.tables = dict(tables)
+        self._lookups = {n: KeyTable(tables[f"keys_{n}"], tables[f"scores_{n}"]) for n in range(2, self.max_n + 1)}
 
     def select(self, batch: TokenBatch, generator: torch.Generator) -> Tensor:
         if self.tables is None:
@@ -120,10 +121,8 @@ class PMIPolicy:
         ``-inf`` and 0 where none (a longer n-gram wins a tie)."""
         score = torch.full(words.present.shape, NOT_FOUND, device=words.present.device)
         length = torch.zeros(words.present.shape, dtype=torch.long, device=words.present.device)
-        for n in range(self.max_n, 1, -1):
-            keys, valid = ngram_keys(words, n)
-            found = lookup(self.tables[f"keys_{n}"].to(keys.device), self.tables[f"scores_{n}"].to(keys.device),
-                           keys, NOT_FOUND)
+        for n, (keys, valid) in sorted(ngram_orders(words, self.max_n, 2).items(), reverse=True):
+            found = self._lookups[n].to(keys.device).get(keys, NOT_FOUND)
             better = valid & (found > score)
             score, length = torch.where(better, found, score), torch.where(better, n, length)
         return score, length

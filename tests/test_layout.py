@@ -38,13 +38,15 @@ def test_policies_depend_on_torch_only():
     third_party = {m.split(".")[0] for p in (ROOT / "policies").rglob("*.py") for m, level in imported_modules(p)
                    if level == 0}
     assert third_party <= {"torch", "maskpolicy", "__future__", "collections", "dataclasses", "typing", "math",
-                           "importlib"}, third_party
+                           "importlib", "itertools", "functools"}, third_party
 
 
 def test_the_root_holds_the_rooms_of_the_design():
     rooms = {p.name for p in ROOT.iterdir() if not p.name.startswith(".") and p.name not in ("build", "dist")}
     rooms -= {p for p in rooms if p.endswith(".egg-info") or p in ("outputs", "multirun")}
-    assert rooms <= {"policies", "tasks", "meta", "conf", "tests", "benchmarks", "pyproject.toml", "README.md",
+    # hydra_plugins: Hydra finds plugins only in that namespace package (the Optuna sweeper)
+    assert rooms <= {"policies", "tasks", "meta", "conf", "tests", "benchmarks", "hydra_plugins", "pyproject.toml",
+                     "README.md",
                      "Makefile", "LICENSE", "CONTRIBUTING.md"}, rooms
     assert {"policies", "tasks", "meta", "conf", "tests", "pyproject.toml", "README.md"} <= rooms
 
@@ -55,6 +57,8 @@ def test_every_package_directory_is_installed():
     rooms = ("policies", "tasks", "meta", "conf")
     found = {"maskpolicy." + ".".join(p.parent.relative_to(ROOT).parts) for room in rooms
              for p in (ROOT / room).rglob("__init__.py")}
+    found |= {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "hydra_plugins").rglob("__init__.py")}
+    assert not (ROOT / "hydra_plugins" / "__init__.py").exists(), "hydra_plugins is a namespace package: no __init__"
     assert found == listed, "pyproject.toml [tool.setuptools] packages must list every package: " + str(found ^ listed)
 
 

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from maskpolicy.meta.config import modern_overrides
+from maskpolicy.meta.console import quiet_libraries
 from maskpolicy.meta.learning.train import ARTIFACT, learn_policy
 from maskpolicy.meta.results.schema import save
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path="pkg://maskpolicy.conf", config_name="learn")
 def learn(cfg: DictConfig) -> float:
+    quiet_libraries()
     runtime = HydraConfig.get().runtime
     output_dir = Path(runtime.output_dir)
     results = learn_policy(cfg, output_dir, runtime.choices.get("task", "custom"))

@@ -12,22 +12,30 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
 
-from maskpolicy.meta.config import modern_overrides, register_plugin_policies
-from maskpolicy.meta.pipeline import RunNames, run_pretraining
+from maskpolicy.meta.config import expose_hydra_plugins, modern_overrides, register_plugin_policies
+from maskpolicy.meta.console import quiet_libraries
+from maskpolicy.meta.pipeline import RunNames, check_single_job, run_pretraining
 from maskpolicy.meta.results import schema
+from maskpolicy.meta.search.sweep import SweepError, check_command_line, linked_callbacks, linked_trial
 
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://maskpolicy.conf", config_name="pretrain")
 def run(cfg: DictConfig) -> float:
+    quiet_libraries()
     runtime = HydraConfig.get().runtime
     names = RunNames(*(runtime.choices.get(group, "custom") for group in ("policy", "task", "model")))
     output_dir = Path(runtime.output_dir)
-    results = run_pretraining(cfg, output_dir, names, test=True)
-    schema.save(output_dir, results)
+    check_single_job(cfg.trainer, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
+    trial = linked_trial(cfg.get("optuna_trial"))  # a run launched by hydra/sweeper=maskpolicy_optuna
+    results = run_pretraining(cfg, output_dir, names, test=True, callbacks=linked_callbacks(cfg, trial))
+    if rank_zero_only.rank == 0:  # under trainer=ddp every rank runs this command; one writes
+        schema.save(output_dir, results)
     log.info("%s on %s: dev EM %.3f, test EM %.3f", names.policy, names.task, results.downstream.dev_em,
              results.downstream.test_em)
     return results.downstream.dev_em
@@ -35,7 +43,12 @@ def run(cfg: DictConfig) -> float:
 
 def main() -> None:
     register_plugin_policies()
+    expose_hydra_plugins()
     sys.argv[1:] = modern_overrides(sys.argv[1:])
+    try:
+        check_command_line(sys.argv[1:])
+    except SweepError as error:
+        sys.exit(f"maskpolicy-pretrain: {error}")
     run()
 
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from maskpolicy.meta.config import ConfigError, build, modern_overrides, plain
+from maskpolicy.meta.console import quiet_libraries
 from maskpolicy.meta.results.files import write_npz, write_png
 from maskpolicy.meta.results.schema import FixedRatePoint, Named, RateCurveRecord, ScoreResults, save
 from maskpolicy.meta.scoring.estimate import MaskedPredictor, MLLEstimate, estimate_mll
@@ -171,6 +172,7 @@ def _fixed_point(estimate: MLLEstimate, reduction: str, rate: float, rate_used: 
 
 @hydra.main(version_base="1.3", config_path="pkg://maskpolicy.conf", config_name="score")
 def score(cfg: DictConfig) -> float:
+    quiet_libraries()
     runtime = HydraConfig.get().runtime
     return run_score(cfg, Path(runtime.output_dir), runtime.choices.get("task", "custom")).estimate
 

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from maskpolicy.meta.config import modern_overrides, plain, register_plugin_policies
+from maskpolicy.meta.console import quiet_libraries
 from maskpolicy.meta.pipeline import RunNames
 from maskpolicy.meta.results.files import write_json
 from maskpolicy.meta.search.final import rate_curves, run_finals, save_best_policy
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path="pkg://maskpolicy.conf", config_name="search")
 def run(cfg: DictConfig) -> float | None:
+    quiet_libraries()
     started = time.perf_counter()
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
@@ -80,7 +82,7 @@ def _summary(cfg: DictConfig, search: Search, rows: list, agreement: dict | None
     trials = search.study.get_trials(deepcopy=False)
     return {
         "study_name": search.study.study_name,
-        "storage": search.storage_location,
+        "storage": search.storage_location_shown,
         "objectives": [objective.name for objective in search.objectives],
         "final_seeds": list(search.final_seeds),
         "trials": {state.name.lower(): sum(t.state == state for t in trials) for state in {t.state for t in trials}},

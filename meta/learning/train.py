@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
-from maskpolicy.meta.config import ConfigError, build, plain
+from maskpolicy.meta.config import ConfigError, build, build_policy, plain
 from maskpolicy.meta.learning.artifacts import entity_source, save_policy
 from maskpolicy.meta.learning.evaluation import compare_with_heuristics
 from maskpolicy.meta.learning.meta_learning import MetaLearningOptions, meta_data, train_meta_learning
@@ -121,7 +121,7 @@ def _build(cfg: DictConfig) -> tuple[Task, ModelSpec, LearnedPolicy]:
     if not isinstance(task, Task):
         raise TaskError(f"task {getattr(task, 'name', type(task).__name__)!r} has no text and QA to learn a masking "
                         "policy from")
-    policy = build(cfg.policy, "policy")
+    policy, _ = build_policy(cfg.policy)   # a schedule drives the rate later, where the policy is used
     if not isinstance(policy, LearnedPolicy):
         raise PolicyError(f"maskpolicy-learn trains a LearnedPolicy; policy._target_ built a {type(policy).__name__}")
     return task, spec, policy

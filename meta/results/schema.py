@@ -8,7 +8,8 @@ Schema versions: 1 — the records before this module (same keys, no ``schema`` 
 2 — adds ``schema``; trial records of a search hold no test metrics (``test_em``/``test_f1``
 are null when a run never touched the test split); 3 — targeted scores (``target`` and
 ``empty_sequences`` of a score, ``mll_targets`` of a run), the ``base`` a run started from, and the
-pre-training ``probe`` curve.
+pre-training ``probe`` curve. The ``identify`` record (``maskpolicy-identify``) is new in version 3: it
+changes no other record, and an older reader refuses it as an unknown command.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class PretrainStats:
     probe: list[list[float]] = field(default_factory=list)   # [step, value] of the pre-training probe, in order
     probe_target: str | None = None
     probe_seconds: float | None = None
+    rates: list[list[float]] = field(default_factory=list)    # [step, rate] along policy.schedule (empty: constant)
+    tables: list[dict[str, Any]] = field(default_factory=list)   # corpus tables a policy was fitted with (pmi, …)
 
 
 @dataclass(frozen=True)
@@ -247,8 +250,63 @@ class LearnResults:
     versions: dict[str, str | None] = field(default_factory=versions)
 
 
-RECORDS: dict[str, type] = {record.command: record for record in (PretrainResults, ScoreResults, LearnResults)}
-Record = PretrainResults | ScoreResults | LearnResults
+@dataclass(frozen=True)
+class RestartRecord:
+    """One randomly started predictor of ``maskpolicy-identify``: its loss and its parameters against the truth."""
+
+    loss: float
+    excess_loss: float           # loss − the optimum (the true parameters' loss, or the best restart's if lower)
+    reached_optimum: bool        # excess_loss ≤ loss_tolerance
+    initial_error: float         # max |Δ| after matching states, of the initial distribution
+    transition_error: float      # … of the transition matrix
+    emission_error: float        # … of the emission rows (discrete) or means (Gaussian)
+    error: float                 # max(transition_error, emission_error)
+    disagreement: float          # the same error against the best restart's parameters instead of the truth
+
+
+@dataclass(frozen=True)
+class IdentifyCell:
+    """One task on one model: every restart, a summary over those at the optimum, and the paper's statement."""
+
+    model: str
+    task: str
+    patterns: str
+    verdict: str                 # identified | not identified | inconclusive
+    reached: int                 # restarts at the optimum
+    error_mean: float | None     # recovery error over the restarts at the optimum
+    error_std: float | None
+    error_max: float | None
+    optimal_loss: float
+    seconds: float
+    restarts: list[RestartRecord]
+    paper_statement: str | None = None
+    paper_says_identifiable: bool | None = None
+    conditions_hold: bool | None = None
+    agrees_with_paper: bool | None = None   # None: no statement, conditions unmet, or inconclusive
+
+
+@dataclass(frozen=True)
+class IdentifyResults:
+    """``maskpolicy-identify``: which masked-prediction tasks identify each HMM's parameters."""
+
+    command: ClassVar[str] = "identify"
+    models: dict[str, Named]
+    conditions: dict[str, dict[str, bool]]
+    tasks: dict[str, str]
+    data: str
+    restarts: int
+    loss_tolerance: float
+    recovery_tolerance: float
+    training: dict[str, Any]
+    cells: list[IdentifyCell]
+    seed: int
+    wall_seconds: float
+    versions: dict[str, str | None] = field(default_factory=versions)
+
+
+RECORDS: dict[str, type] = {record.command: record
+                            for record in (PretrainResults, ScoreResults, LearnResults, IdentifyResults)}
+Record = PretrainResults | ScoreResults | LearnResults | IdentifyResults
 
 
 # ---------------------------------------------------------------------------- reading and writing

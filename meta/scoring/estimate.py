@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
+from maskpolicy.meta.console import progress
 from maskpolicy.meta.results.schema import MLLScore, RateCurveRecord
 from maskpolicy.meta.scoring.estimators import Estimator, MLLError, Stratified
 
@@ -229,7 +230,7 @@ def _lay_out(estimator: Estimator, scored: Tensor, lengths: Tensor, generator: t
 def _masked_means(predictor: MaskedPredictor, inputs: Tensor, rows: Tensor, masks: Tensor, batch_size: int) -> Tensor:
     """Per mask, the average log-probability of its masked positions (float64)."""
     means = []
-    for start in range(0, len(rows), batch_size):
+    for start in progress(range(0, len(rows), batch_size), "scoring"):
         chunk_rows, chunk_masks = rows[start:start + batch_size], masks[start:start + batch_size]
         log_probs = predictor(inputs[chunk_rows], chunk_masks)
         _check_log_probs(log_probs, chunk_masks)

@@ -14,6 +14,7 @@ import time
 import pytorch_lightning as pl
 from transformers import PreTrainedTokenizerBase
 
+from maskpolicy.meta.console import no_bars
 from maskpolicy.meta.scoring.estimators import MLLError, Stratified
 from maskpolicy.meta.scoring.text import score_text, target_documents
 from maskpolicy.tasks.base import Task
@@ -56,8 +57,9 @@ class ScoreProbe(pl.Callback):
         if step % self.every or (self.curve and self.curve[-1][0] == step):
             return
         started = time.perf_counter()
-        value = score_text(pl_module.model, self.tokenizer, self.documents, self.max_length, self.estimator,
-                           self.max_sequences, self.batch_size, self.seed, self.target).nats_per_token
+        with no_bars():  # pre-training's own bar is on screen
+            value = score_text(pl_module.model, self.tokenizer, self.documents, self.max_length, self.estimator,
+                               self.max_sequences, self.batch_size, self.seed, self.target).nats_per_token
         self.seconds += time.perf_counter() - started
         self.curve.append((step, value))
         pl_module.log(self.name, value)

@@ -14,12 +14,25 @@ Storages (:func:`open_storage`):
 - ``journal:PATH``, or a path ending in ``.log`` / ``.journal`` → a journal file (append
   only, safe for many processes on one file system, no database). Optuna has no
   heartbeat for journal storages: a killed worker's trial stays ``RUNNING``.
+- ``grpc://HOST:PORT`` → a client of Optuna's gRPC storage proxy (``optuna.storages.run_grpc_proxy_server``
+  in front of a database, for many workers): one process holds the database connections and a
+  cache. The proxy has no heartbeat either.
 - ``None`` or ``":memory:"`` → in memory (one process).
+
+A server database (PostgreSQL, MySQL) is checked by connecting before any training (a
+wrong password or an unreachable host fails at once, after ``connect_timeout`` seconds at
+most), pooled connections are pinged before use so a restarted server is reconnected to,
+and a heartbeat that fails while the server is away is logged and retried at the next
+beat instead of ending the heartbeat thread (which would let another worker fail a live
+trial as stale). ``postgresql://`` uses whichever driver is installed, psycopg 3 or psycopg2.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,12 +51,24 @@ from maskpolicy.meta.search.space import SearchSpace, grid
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 JOURNAL_SUFFIXES = (".log", ".journal")
 JOURNAL_PREFIX = "journal:"
-DRIVERS = {"postgresql": "psycopg2-binary (or psycopg[binary] with postgresql+psycopg://)",
-           "mysql": "PyMySQL, with a mysql+pymysql:// URL"}
+GRPC_PREFIX = "grpc://"
+# what to pip install for each SQLAlchemy driver name (the module of the same name otherwise)
+DRIVERS = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "pymysql": "PyMySQL",
+           "mysqldb": "mysqlclient (or PyMySQL with a mysql+pymysql:// URL)"}
+POSTGRES_DRIVERS = ("psycopg", "psycopg2")  # SQLAlchemy's default for postgresql:// first
+# what a storage call raises when the database is unreachable: SQLAlchemy's error, or Optuna's wrapper of it
+STORAGE_ERRORS = (sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError)
+SCHEMA_ATTEMPTS = 5
+CONNECT_TIMEOUT = 10  # seconds a server database may take to answer before the search gives up
+log = logging.getLogger(__name__)
 
 
 class SearchConfigError(ConfigError):
     """A search setting (storage, seeds, objectives, …) cannot be used."""
+
+
+class StorageLost(RuntimeError):
+    """The study's database went away during the search; what is recorded is kept."""
 
 
 def build_sampler(node: DictConfig, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -97,6 +122,82 @@ def _sqlite_url(url: sqlalchemy.engine.URL) -> None:
         _writable_directory(Path(url.database).expanduser(), "SQLite database")
 
 
+class ReconnectingRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose heartbeat survives a database restart.
+
+    Optuna's heartbeat thread ends at the first failed beat; the trial would then look dead
+    to other workers while it still runs. Here a failed beat is logged and the next one retried.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except STORAGE_ERRORS as error:
+            log.warning("heartbeat of trial %d not recorded (%s); retrying at the next beat", trial_id,
+                        database_error(error))
+
+
+def storage_failure(error: BaseException) -> BaseException | None:
+    """The storage error behind ``error``, if any: itself, its cause, or what it was raised while handling
+    (Optuna 5.0 can raise an ``UnboundLocalError`` while handling a failed storage read)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, STORAGE_ERRORS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def wait_for_storage(study: optuna.Study, timeout: float, every: float = 1.0) -> bool:
+    """Whether the study's storage answers again within ``timeout`` seconds (a restarted server)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            study.get_trials(deepcopy=False)
+            return True
+        except Exception as error:
+            if storage_failure(error) is None:
+                raise
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(every)
+
+
+def database_error(error: BaseException) -> str:
+    """The database's own words for a storage error (Optuna wraps SQLAlchemy's, which wraps the driver's)."""
+    while error.__cause__ is not None and not isinstance(error, sqlalchemy.exc.DBAPIError):
+        error = error.__cause__
+    cause = error.orig if isinstance(error, sqlalchemy.exc.DBAPIError) else error
+    return f"{type(cause).__name__}: {' '.join(str(cause).split())}"
+
+
+def _with_installed_driver(parsed: sqlalchemy.engine.URL) -> sqlalchemy.engine.URL:
+    """``postgresql://`` with the PostgreSQL driver that is installed (SQLAlchemy would insist on psycopg 3)."""
+    if parsed.drivername != "postgresql":
+        return parsed
+    installed = [name for name in POSTGRES_DRIVERS if importlib.util.find_spec(name) is not None]
+    return parsed.set(drivername=f"postgresql+{installed[0]}") if installed else parsed
+
+
+def _engine_options(parsed: sqlalchemy.engine.URL) -> dict[str, Any]:
+    if parsed.get_backend_name() == "sqlite":
+        _sqlite_url(parsed)
+        return {"connect_args": {"timeout": 60}}  # several workers on one file wait for its lock
+    connect = {"connect_timeout": CONNECT_TIMEOUT} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
+    return {"pool_pre_ping": True, "connect_args": connect}  # a restarted server's dead connections are replaced
+
+
+def _create_rdb(url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any]) -> ReconnectingRDBStorage:
+    """Optuna's storage on ``url``; several workers starting at once may race to create its tables."""
+    for attempt in range(1, SCHEMA_ATTEMPTS):
+        try:
+            return ReconnectingRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.2 * attempt)  # another worker created a table or the version row first; now they exist
+    return ReconnectingRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+
+
 def open_rdb(
     url: str, heartbeat_interval: int | None = 60, grace_period: int | None = 180, max_retry: int | None = 3
 ) -> optuna.storages.RDBStorage:
@@ -106,11 +207,9 @@ def open_rdb(
     except (sqlalchemy.exc.ArgumentError, ValueError) as error:
         raise SearchConfigError(f"{url!r} is not a database URL (e.g. sqlite:///study.db): {error}") from error
     shown = parsed.render_as_string(hide_password=True)
-    engine_kwargs = {}
-    if parsed.get_backend_name() == "sqlite":
-        _sqlite_url(parsed)
-        engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait for its lock
+    parsed = _with_installed_driver(parsed)
     try:
+        engine_kwargs = _engine_options(parsed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna still calls the heartbeat experimental
             heartbeat = {}
@@ -118,22 +217,59 @@ def open_rdb(
                 retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
                 heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
                              "heartbeat_stale_trial_callback": retry}
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            return _create_rdb(parsed.render_as_string(hide_password=False), engine_kwargs, heartbeat)
     except ImportError as error:
-        hint = DRIVERS.get(parsed.get_backend_name(), f"the SQLAlchemy driver for {parsed.drivername}")
-        raise SearchConfigError(f"cannot open {shown}: its database driver is missing; pip install {hint}") from error
+        driver = parsed.get_driver_name()
+        hint = DRIVERS.get(driver, driver)
+        if parsed.drivername == "postgresql":
+            hint = "psycopg2-binary (or 'psycopg[binary]')"
+        raise SearchConfigError(f"cannot open {shown}: its database driver is missing ({driver}); "
+                                f"pip install {hint}") from error
     except sqlalchemy.exc.NoSuchModuleError as error:
         raise SearchConfigError(f"cannot open {shown}: SQLAlchemy knows no database {parsed.drivername!r}") from error
     except sqlalchemy.exc.OperationalError as error:
         raise SearchConfigError(
-            f"cannot connect to {shown}: {error.orig}; check the host, port, database name and credentials, "
-            "and that the server is running"
+            f"cannot connect to {shown}: {' '.join(str(error.orig).split())}; check the host, port, database name and "
+            "credentials, and that the server is running"
         ) from error
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as error:
         # RuntimeError: a schema written by another Optuna version
         raise SearchConfigError(
             f"cannot open {shown}: {error}. An old study database may need `optuna storage upgrade --storage URL`"
         ) from error
+
+
+def open_grpc(location: str) -> BaseStorage:
+    """A client of the gRPC storage proxy at ``grpc://HOST:PORT``, checked to answer within ``CONNECT_TIMEOUT``."""
+    host, _, port = location[len(GRPC_PREFIX):].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchConfigError(f"{location!r} is not a gRPC proxy address; write grpc://HOST:PORT, e.g. "
+                                "grpc://localhost:13000")
+    try:
+        from optuna.storages import GrpcStorageProxy
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # chosen on purpose by the grpc:// URL
+            proxy = GrpcStorageProxy(host=host, port=int(port))
+    except ImportError as error:
+        raise SearchConfigError(f"cannot open {location}: the gRPC client is missing; pip install grpcio protobuf"
+                                ) from error
+    try:
+        proxy.wait_server_ready(timeout=CONNECT_TIMEOUT)
+    except ConnectionError as error:
+        raise SearchConfigError(f"no gRPC storage proxy answered at {location} within {CONNECT_TIMEOUT} s; start one "
+                                "with optuna.storages.run_grpc_proxy_server, or check the host and port") from error
+    return proxy
+
+
+def shown_location(location: str) -> str:
+    """A storage location fit for messages and logs: a database URL's password hidden."""
+    if "://" not in location:
+        return location
+    try:
+        return sqlalchemy.engine.make_url(location).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return location
 
 
 def open_storage(
@@ -155,6 +291,8 @@ def open_storage(
         return optuna.storages.InMemoryStorage()
     if text.startswith(JOURNAL_PREFIX):
         return open_journal(text[len(JOURNAL_PREFIX):])
+    if text.startswith(GRPC_PREFIX):
+        return open_grpc(text)
     if "://" in text:
         return open_rdb(text, heartbeat_interval, grace_period, max_retry)
     suffix = Path(text).suffix
@@ -164,6 +302,7 @@ def open_storage(
         return open_journal(text)
     raise SearchConfigError(
         f"cannot tell what storage {text!r} is: use a database URL (sqlite:///study.db, "
-        f"postgresql://user:password@host/db), a path ending in {'/'.join(SQLITE_SUFFIXES)} (SQLite), "
+        f"postgresql://user:password@host/db), grpc://HOST:PORT (a gRPC storage proxy), a path ending in "
+        f"{'/'.join(SQLITE_SUFFIXES)} (SQLite), "
         f"journal:PATH or a path ending in {'/'.join(JOURNAL_SUFFIXES)} (a journal file)"
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from maskpolicy.meta.console import run_log
 from maskpolicy.meta.learning.artifacts import read_card
 from maskpolicy.meta.pipeline import RunNames
 from maskpolicy.meta.results import schema
@@ -97,8 +98,9 @@ def _run_or_resume(cfg: DictConfig, configuration: FinalConfiguration, seed: int
     log.info("final run: %s, seed %d", configuration.label, seed)
     # the pre-training probe serves pruning, which final re-runs never do
     overrides = {**configuration.overrides, "pretrain.probe.every": 0}
-    return run_configuration(cfg, configuration.policy, overrides, seed, directory,
-                             RunNames(configuration.family, names.task, names.model), test=True)
+    with run_log(directory / "run.log"):
+        return run_configuration(cfg, configuration.policy, overrides, seed, directory,
+                                 RunNames(configuration.family, names.task, names.model), test=True)
 
 
 def save_best_policy(best: FinalConfiguration, output_dir: Path) -> Path:

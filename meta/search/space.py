@@ -32,7 +32,8 @@ step); ``low``/``high`` default to its ends. Write ``1.0e-3``: YAML reads ``1e-3
 
 A family's keys are paths into its policy's config; every node with a ``_target_`` (the
 family's own, or a nested fixed one like ``components.entity._target_``) is checked
-against its constructor, whose signature is the schema. ``to: [path, ...]`` writes one
+against its constructor, whose signature is the schema; ``schedule.<key>`` (kind, start, end, at,
+steps) sets the family's masking-rate schedule, checked against ``RateSchedule``. ``to: [path, ...]`` writes one
 searched value to every listed path. A key starting with a run-config section
 (``pretrain. finetune. score. learning. trainer. model. task.``) overrides the run's
 config when that family is drawn; budget keys do so for every trial. Earlier spellings
@@ -66,8 +67,8 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from maskpolicy.meta.config import modern_key
-from maskpolicy.policies import PolicyError, resolve
+from maskpolicy.meta.config import SCHEDULE_KEY, build_policy, modern_key
+from maskpolicy.policies import PolicyError, RateSchedule, resolve
 
 log = logging.getLogger(__name__)
 FAMILY = "family"
@@ -233,6 +234,11 @@ def _node(config: Any, parts: list[str]) -> dict[str, Any]:
 def _check_path(where: str, skeleton: dict[str, Any], path: str, domain: Domain | None) -> None:
     """Checks ``path`` against the constructor of the nearest enclosing node with a ``_target_``."""
     parts = path.split(".")
+    if parts[0] == SCHEDULE_KEY:  # every policy's rate schedule, read by the pipeline rather than the constructor
+        if len(parts) != 2:
+            raise SearchSpaceError(f"{where}: a schedule key is schedule.<name>, one of kind, start, end, at, steps")
+        _check_parameter(where, RateSchedule, parts[1], domain)
+        return
     if parts[-1] == "_target_":  # a nested node: its target must import, and its place is checked below
         if domain.searched or len(parts) == 1:
             raise SearchSpaceError(f"{where}: a nested _target_ is a fixed import path under a parameter")
@@ -348,7 +354,7 @@ def check_builds(family: Family) -> None:
     """Builds the family's policy at its probe points; a policy that cannot be built stops here."""
     for values in _probe_points(family):
         try:
-            policy = hydra.utils.instantiate(family.policy_config(values))
+            policy, _ = build_policy(family.policy_config(values), f"families.{family.name}")
         except Exception as error:  # a factory may raise anything; all of it is a bad space
             cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
             shown = ", ".join(f"{key}={value!r}" for key, value in values.items()) or "its defaults"

@@ -25,12 +25,24 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from maskpolicy.meta.pipeline import RunNames, StageCallbacks
+from maskpolicy.meta.console import run_log
+from maskpolicy.meta.pipeline import RunNames, StageCallbacks, check_devices, data_parallel
 from maskpolicy.meta.results.aggregate import METRICS
 from maskpolicy.meta.results.schema import PretrainResults
 from maskpolicy.meta.search import objectives as objective_defs
-from maskpolicy.meta.search.engines import SearchConfigError, build_pruner, build_sampler, open_storage
+from maskpolicy.meta.search.engines import (
+    SearchConfigError,
+    StorageLost,
+    build_pruner,
+    build_sampler,
+    database_error,
+    open_storage,
+    shown_location,
+    storage_failure,
+    wait_for_storage,
+)
 from maskpolicy.meta.search.objectives import Objective, ObjectiveError
+from maskpolicy.meta.search.progress import TrialProgress
 from maskpolicy.meta.search.pruning import OptunaPruning, ProbePruning
 from maskpolicy.meta.search.space import SearchSpace
 from maskpolicy.meta.search.trial import run_configuration
@@ -52,6 +64,11 @@ class Search:
     storage_location: str
     final_seeds: tuple[int, ...]
     pruning: PruningPlan
+
+    @property
+    def storage_location_shown(self) -> str:
+        """The storage location with any password hidden, for messages."""
+        return shown_location(self.storage_location)
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,7 @@ class PruningPlan:
 def prepare(cfg: DictConfig, output_dir: Path) -> Search:
     """Checks the space, objectives, sampler, pruner, storage and final seeds; opens (or resumes) the study."""
     options = cfg.search
+    _check_trainer(cfg.trainer)
     space = SearchSpace.from_config(options.space)
     _check_run_keys(cfg, space)
     try:
@@ -172,6 +190,18 @@ def pruning_plan(cfg: DictConfig, space: SearchSpace, objectives: Sequence[Objec
     return plan
 
 
+def _check_trainer(trainer: DictConfig) -> None:
+    """A trial trains inside the search process, which Lightning's DDP launcher would start again per device."""
+    if data_parallel(trainer):
+        raise SearchConfigError(
+            f"trainer.strategy={trainer.strategy} with trainer.devices={trainer.get('devices', 'auto')}: a search "
+            "trial cannot train data-parallel "
+            "(Lightning would re-run the whole search once per device). Run trials side by side with "
+            "search.n_workers=N and trainer=cpu or trainer=gpu; use trainer=ddp with maskpolicy-pretrain"
+        )
+    check_devices(trainer)
+
+
 def _check_scored(cfg: DictConfig, objectives: Sequence[Objective]) -> None:
     """A score objective needs its score computed in every trial."""
     needed = {objective_defs.MLL.name: "all", objective_defs.MLL_ENTITIES.name: "entities"}
@@ -205,10 +235,11 @@ def trial_function(cfg: DictConfig, search: Search, output_dir: Path, names: Run
         trial.set_user_attr("policy", suggestion.policy)
         trial.set_user_attr("overrides", suggestion.overrides)
         try:
-            results = run_configuration(cfg, suggestion.policy, suggestion.overrides, cfg.seed,
-                                        output_dir / "trials" / f"{trial.number:04d}",
-                                        RunNames(suggestion.family, names.task, names.model),
-                                        test=False, callbacks=search.pruning.callbacks(trial))
+            trial_dir = output_dir / "trials" / f"{trial.number:04d}"
+            with run_log(trial_dir / "run.log"):  # the search's console shows one line per trial
+                results = run_configuration(cfg, suggestion.policy, suggestion.overrides, cfg.seed, trial_dir,
+                                            RunNames(suggestion.family, names.task, names.model),
+                                            test=False, callbacks=search.pruning.callbacks(trial))
             record(trial, results)
             return objective_defs.values(search.objectives, results)
         except optuna.TrialPruned:
@@ -232,8 +263,26 @@ def optimize(cfg: DictConfig, search: Search, output_dir: Path, names: RunNames)
     if len(search.study.get_trials(deepcopy=False, states=FINISHED)) >= cfg.search.n_trials:
         return
     budget = MaxTrialsCallback(cfg.search.n_trials, states=FINISHED)
-    search.study.optimize(trial_function(cfg, search, output_dir, names), callbacks=[budget], catch=(Exception,),
-                          gc_after_trial=True)
+    while True:
+        try:
+            search.study.optimize(trial_function(cfg, search, output_dir, names),
+                                  callbacks=[budget, TrialProgress(cfg.search.n_trials)], catch=(Exception,),
+                                  gc_after_trial=True)
+            return
+        except Exception as error:
+            lost = storage_failure(error)
+            if lost is None:
+                raise
+            timeout = cfg.search.get("reconnect_timeout", 60)
+            log.warning("lost the study database (%s); waiting up to %s s for it", database_error(lost), timeout)
+            if not wait_for_storage(search.study, timeout):
+                raise StorageLost(
+                    f"lost the study database {search.storage_location_shown} during the search "
+                    f"({database_error(lost)}) and it did not come back within search.reconnect_timeout={timeout} s. "
+                    "Every finished trial is kept there; once the server is back, re-run the same command to resume "
+                    "(the interrupted trial is failed by its missing heartbeat and its parameters retried)"
+                ) from error
+            log.warning("the study database is back; the search goes on")
 
 
 def best_per_family(study: optuna.Study, objective: Objective) -> dict[str, FrozenTrial]:

@@ -70,7 +70,8 @@ def run_configuration(
         learning_dir = output_dir / "learning"
         schema.save(learning_dir, learn_policy(OmegaConf.masked_copy(run_cfg, RUN_KEYS_FOR_LEARNING), learning_dir,
                                                names.task))
-        run_cfg.policy = OmegaConf.create({"_target_": ARTIFACT_LOADER, "path": str(learning_dir / "policy")})
+        run_cfg.policy = OmegaConf.create({"_target_": ARTIFACT_LOADER, "path": str(learning_dir / "policy"),
+                                           **({"schedule": policy["schedule"]} if "schedule" in policy else {})})
     results = run_pretraining(run_cfg, output_dir, names, test=test, callbacks=callbacks)
     loss = results.pretrain.final_loss
     if loss is not None and not math.isfinite(loss):

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from maskpolicy.policies import MaskingPolicy, mlm_corrupt, sentinel_corrupt
+from maskpolicy.policies import MaskingPolicy, RateSchedule, mlm_corrupt, sentinel_corrupt, set_rate
 from maskpolicy.tasks.text.encoding import token_batch
 from maskpolicy.tasks.training.optim import adamw_with_warmup
 
@@ -67,7 +67,8 @@ class MaskedPretraining(pl.LightningModule):
 
     Masks are drawn from the module's own ``torch.Generator`` (seeded with ``seed``
     plus the process rank), saved in checkpoints so a resumed run continues the
-    same mask stream.
+    same mask stream. With a ``schedule`` the policy's rate follows it, read off the
+    global step (which a resumed run restores) before each batch.
     """
 
     def __init__(
@@ -79,10 +80,12 @@ class MaskedPretraining(pl.LightningModule):
         weight_decay: float = 0.01,
         warmup_fraction: float = 0.06,
         seed: int = 0,
+        schedule: RateSchedule | None = None,
     ) -> None:
         super().__init__()
-        self.model, self.policy, self.corruption = model, policy, corruption
-        self.save_hyperparameters(ignore=["model", "policy", "corruption"])
+        self.model, self.policy, self.corruption, self.schedule = model, policy, corruption, schedule
+        self.base_rate = getattr(policy, "rate", None)
+        self.save_hyperparameters(ignore=["model", "policy", "corruption", "schedule"])
         self._generator: torch.Generator | None = None
         self._pending_generator_state: Tensor | None = None
         self.tokens_seen = 0
@@ -98,7 +101,22 @@ class MaskedPretraining(pl.LightningModule):
                 self._pending_generator_state = None
         return self._generator
 
+    def rate_at(self, step: int, total_steps: int) -> float | None:
+        """The masking rate the schedule sets at ``step``; ``None`` without a schedule."""
+        return None if self.schedule is None else self.schedule.rate_at(step, total_steps, self.base_rate)
+
+    def rate_points(self, total_steps: int, points: int = 5) -> list[list[float]]:
+        """``[step, rate]`` at ``points`` evenly spaced steps of the schedule (empty without one)."""
+        if self.schedule is None or total_steps < 1:
+            return []
+        steps = sorted({round(i * (total_steps - 1) / (points - 1)) for i in range(points)})
+        return [[step, round(self.rate_at(step, total_steps), 6)] for step in steps]
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        if self.schedule is not None:
+            rate = self.rate_at(self.global_step, self.trainer.max_steps)
+            set_rate(self.policy, rate)
+            self.log("pretrain/rate", rate)
         mask = self.policy.select(token_batch(batch), self.generator)
         loss = self.model(**self.corruption(batch, mask, self.generator)).loss
         self.tokens_seen += int(batch["attention_mask"].sum())

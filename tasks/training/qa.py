@@ -24,7 +24,7 @@ from maskpolicy.tasks.training.optim import adamw_with_warmup
 def encode_qa(
     examples: Sequence[QAExample], tokenizer: PreTrainedTokenizerBase, kind: str, max_length: int
 ) -> list[dict[str, Any]]:
-    """Rows with ``input_ids``, ``labels`` and the gold ``answers`` (strings).
+    """Rows with ``input_ids``, ``labels``, the gold ``answers`` (strings) and the example's ``index``.
 
     Cloze rows are the tokenizer's own question/answer pair encoding with every
     answer token replaced by the mask token, so any tokenizer's special-token
@@ -43,8 +43,8 @@ def encode_qa(
             inputs.append([tokenizer.mask_token_id if a else t for t, a in zip(ids, in_answer, strict=True)])
             labels.append([t if a else IGNORE_INDEX for t, a in zip(ids, in_answer, strict=True)])
     return [
-        {"input_ids": torch.tensor(i), "labels": torch.tensor(y), "answers": (e.answer, *e.aliases)}
-        for i, y, e in zip(inputs, labels, examples, strict=True)
+        {"input_ids": torch.tensor(i), "labels": torch.tensor(y), "answers": (e.answer, *e.aliases), "index": n}
+        for n, (i, y, e) in enumerate(zip(inputs, labels, examples, strict=True))
     ]
 
 
@@ -69,8 +69,7 @@ class QAFineTuning(pl.LightningModule):
         super().__init__()
         self.model, self.tokenizer, self.kind = model, tokenizer, kind
         self.save_hyperparameters(ignore=["model", "tokenizer"])
-        self._predictions: list[str] = []
-        self._answers: list[Sequence[str]] = []
+        self._predictions: dict[int, tuple[str, Sequence[str]]] = {}  # example index → (prediction, gold answers)
         self.scores: dict[str, dict[str, float]] = {}  # latest exact scores per split, as Python floats
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -93,16 +92,26 @@ class QAFineTuning(pl.LightningModule):
         return [self.tokenizer.decode(row[keep]) for row, keep in zip(guesses, at_answer, strict=True)]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._predictions += self.predict_answers(batch)
-        self._answers += batch["answers"]
+        predictions = self.predict_answers(batch)
+        self._predictions.update(zip(batch["index"], zip(predictions, batch["answers"], strict=True), strict=True))
 
     test_step = validation_step
 
     def _log_scores(self, split: str) -> None:
-        self.scores[split] = qa_scores(self._predictions, self._answers)
+        predictions = self._gathered()
+        ordered = [predictions[index] for index in sorted(predictions)]
+        self.scores[split] = qa_scores([p for p, _ in ordered], [a for _, a in ordered])
         for metric, value in self.scores[split].items():
-            self.log(f"{split}/{metric}", value, prog_bar=metric == "em")
-        self._predictions, self._answers = [], []
+            self.log(f"{split}/{metric}", value, prog_bar=metric == "em", sync_dist=self.trainer.world_size > 1)
+        self._predictions = {}
+
+    def _gathered(self) -> dict[int, tuple[str, Sequence[str]]]:
+        """Every rank's predictions (DDP splits the split and pads it with repeats, which the index removes)."""
+        if self.trainer.world_size == 1:
+            return self._predictions
+        shards: list[dict] = [{} for _ in range(self.trainer.world_size)]
+        torch.distributed.all_gather_object(shards, self._predictions)
+        return {index: prediction for shard in shards for index, prediction in shard.items()}
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("dev")

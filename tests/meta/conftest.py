@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +40,124 @@ def make_run() -> Callable[..., PretrainResults]:
                                seconds)
 
     return build
+
+
+# ---------------------------------------------------------------------------- a throwaway PostgreSQL server
+
+POSTGRES_USER, POSTGRES_PASSWORD = "maskpolicy", "throwaway-test-password"
+
+
+def postgres_binaries() -> Path | None:
+    """The directory of ``initdb`` and ``pg_ctl``: on the PATH, or Debian's ``/usr/lib/postgresql/<version>/bin``."""
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("pg_ctl"):
+        return Path(on_path).parent
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parent.parent.name)
+    return debian[-1].parent if debian else None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster in a temporary directory, on a local port, with password authentication."""
+
+    binaries: Path
+    root: Path
+    port: int
+    run_as: tuple[str, ...]  # e.g. ("runuser", "-u", "nobody", "--"): initdb refuses to run as root
+
+    def url(self, database: str = "postgres", password: str = POSTGRES_PASSWORD, port: int | None = None) -> str:
+        return f"postgresql://{POSTGRES_USER}:{password}@127.0.0.1:{port or self.port}/{database}"
+
+    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.run_as, str(self.binaries / tool), *args], capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL, cwd=self.root)
+
+    def _ctl(self, action: str, *args: str) -> subprocess.CompletedProcess:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        return self._run("pg_ctl", action, "-D", str(self.root / "data"), "-w", "-t", "60", "-l",
+                         str(self.root / "server.log"), "-o", options, *args)
+
+    def initdb(self) -> subprocess.CompletedProcess:
+        (self.root / "password").write_text(POSTGRES_PASSWORD + "\n")
+        return self._run("initdb", "-D", str(self.root / "data"), "-U", POSTGRES_USER, "--auth=scram-sha-256",
+                         f"--pwfile={self.root / 'password'}", "--locale=C", "-E", "UTF8")
+
+    def start(self) -> subprocess.CompletedProcess:
+        return self._ctl("start")
+
+    def restart(self) -> None:
+        done = self._ctl("restart", "-m", "fast")
+        assert done.returncode == 0, done.stderr + self.log()
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "stop", "-D", str(self.root / "data"), "-m", "immediate")
+
+    def log(self) -> str:
+        path = self.root / "server.log"
+        return path.read_text()[-2000:] if path.exists() else ""
+
+    def create_database(self, name: str) -> str:
+        import psycopg2
+
+        connection = psycopg2.connect(self.url())
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        connection.close()
+        return self.url(name)
+
+
+def _unprivileged_prefix() -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """How to run the server's tools: as this user, or as ``nobody`` when this is root (initdb refuses root)."""
+    if os.geteuid() != 0:
+        return (), None
+    runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("PostgreSQL tests skipped: running as root and there is no user 'nobody' to run initdb as")
+    if runuser is None:
+        pytest.skip("PostgreSQL tests skipped: running as root and `runuser` (util-linux) is missing to run initdb "
+                    "as an unprivileged user")
+    return (runuser, "-u", "nobody", "--"), (nobody.pw_uid, nobody.pw_gid)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (initdb + pg_ctl in a temporary directory), stopped afterwards.
+
+    Skips, with the reason, where PostgreSQL or its Python driver is not installed or the server cannot start.
+    """
+    pytest.importorskip("psycopg2", reason="PostgreSQL tests skipped: pip install psycopg2-binary (the test extra)")
+    binaries = postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL tests skipped: initdb not found on the PATH or in /usr/lib/postgresql/*/bin; "
+                    "apt-get install postgresql (.ci/run does it on a CI machine)")
+    run_as, owner = _unprivileged_prefix()
+    root = Path(tempfile.mkdtemp(prefix="maskpolicy-postgres-"))
+    if owner:
+        os.chown(root, *owner)
+    server = PostgresServer(binaries, root, free_port(), run_as)
+    try:
+        for step in (server.initdb, server.start):
+            done = step()
+            if done.returncode != 0:
+                pytest.skip(f"PostgreSQL tests skipped: {step.__name__} failed: {(done.stderr or done.stdout)[-500:]} "
+                            f"{server.log()[-500:]}")
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres, request) -> str:
+    """A fresh database on the session's server, named after the test; its URL (with the password)."""
+    return postgres.create_database(re.sub(r"\W", "_", request.node.name)[:60].lower())

@@ -37,8 +37,11 @@ def test_one_run_writes_complete_results(tmp_path):
     results = json.loads((tmp_path / "run/results.json").read_text())
     assert {"policy", "task", "model", "seed", "downstream", "pretrain", "mll", "wall_seconds", "versions"} <= set(
         results)
+    constant = {"kind": "constant", "start": None, "end": None, "at": 0.5, "steps": None}
     assert results["policy"] == {"name": "entity", "params": {"_target_": "maskpolicy.policies.EntityPolicy",
-                                                              "rate": 0.15, "shortfall": "error"}, "source": None}
+                                                              "rate": 0.15, "shortfall": "error",
+                                                              "schedule": constant}, "source": None}
+    assert results["pretrain"]["rates"] == [] and results["pretrain"]["tables"] == []
     assert results["task"]["name"] == "bioworld" and results["task"]["params"]["n_people"] == 40
     assert results["seed"] == 1 and results["pretrain"]["steps"] == 6
     pretrained = results["pretrain"]
@@ -83,6 +86,24 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert pretrained["steps"] == 6
     # the probe's curve lives in the checkpoint: the resumed run keeps the value measured before the kill
     assert [step for step, _ in pretrained["probe"]] == [3, 6] and pretrained["probe"][0] == before[0]
+
+
+def test_pmi_on_a_linear_schedule_records_its_rates_and_reuses_its_cached_tables(tmp_path):
+    schedule = ["policy.schedule.kind=linear", "policy.schedule.start=0.3", "policy.schedule.end=0.15"]
+    common = ["policy=pmi", "policy.min_count=2", *schedule, f"pretrain.tables_cache={tmp_path / 'tables'}", *TINY,
+              *TINY_BERT]
+    run_command(*common, f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path)
+    run_command(*common, "seed=1", f"hydra.run.dir={tmp_path / 'second'}", cwd=tmp_path)
+    first, second = (json.loads((tmp_path / name / "results.json").read_text())["pretrain"]
+                     for name in ("first", "second"))
+    assert first["rates"] == [[0, 0.3], [1, 0.27], [2, 0.24], [4, 0.18], [5, 0.15]]
+    assert [t["source"] for t in first["tables"]] == ["built"] and [t["source"] for t in second["tables"]] == ["cache"]
+    assert first["tables"][0]["kind"] == "pmi" and first["tables"][0]["entries"] > 0
+    assert first["tables"][0]["path"] == second["tables"][0]["path"]
+    logged = [line.split(",") for line in (tmp_path / "first/pretrain/metrics.csv").read_text().splitlines()]
+    column = logged[0].index("pretrain/rate")
+    rates = [float(row[column]) for row in logged[1:] if row[column]]
+    assert rates == pytest.approx([0.3 - 0.03 * step for step in range(6)])
 
 
 def test_an_installed_plugin_is_a_command_line_choice(tmp_path):

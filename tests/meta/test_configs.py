@@ -7,9 +7,9 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_module
 
-from maskpolicy.meta.config import build, modern_key, modern_overrides
+from maskpolicy.meta.config import ConfigError, build, build_policy, modern_key, modern_overrides
 from maskpolicy.meta.learning.artifacts import save_policy
-from maskpolicy.policies import FEATURES, LearnedPolicy, TokenBatch
+from maskpolicy.policies import FEATURES, FitsCorpus, LearnedPolicy, PolicyError, TokenBatch
 from maskpolicy.tasks.base import Task, TaskError, TractableTask
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -71,7 +71,9 @@ def test_group_option_builds_something_that_works(option, tmp_path):
     elif group == "search/profile":
         assert node.search.n_trials >= 1 and node.search.final.n_seeds >= 1 and node.search.final.seeds is None
     elif group == "policy":
-        check_policy(build(node, option))
+        policy, schedule = build_policy(node, option)
+        assert schedule is None  # every shipped policy masks at a constant rate unless told otherwise
+        check_policy(policy)
     elif group == "task":
         check_task(build(node, option), option)
     elif group == "model":
@@ -86,6 +88,8 @@ def test_group_option_builds_something_that_works(option, tmp_path):
 
 def check_policy(policy) -> None:
     batch = tiny_batch()
+    if isinstance(policy, FitsCorpus):  # its corpus: the batch seen often enough for every n-gram to count
+        policy.fit(TokenBatch(batch.input_ids.repeat(5, 1), batch.maskable.repeat(5, 1), batch.word_ids.repeat(5, 1)))
     mask = policy.select(batch, torch.Generator().manual_seed(0))
     assert mask.shape == batch.input_ids.shape and mask.dtype == torch.bool
     assert mask.any() and not (mask & ~batch.maskable).any()
@@ -102,6 +106,13 @@ def check_task(task, option: str) -> None:
 
 
 def check_trainer(factory, option: str, tmp_path: Path) -> None:
+    if option == "trainer/ddp":  # data-parallel on CPU processes (gloo) where there is no GPU
+        trainer = factory(default_root_dir=tmp_path, max_steps=1, logger=False, devices=2)
+        assert isinstance(trainer.strategy, pl.strategies.DDPStrategy) and trainer.num_devices == 2
+        if not torch.cuda.is_available():
+            assert isinstance(trainer.accelerator, pl.accelerators.CPUAccelerator)
+            assert trainer.strategy._get_process_group_backend() == "gloo"
+        return
     if option != "trainer/cpu":  # GPU strategies cannot start on a CPU-only machine; check what they would ask for
         assert factory.func is pl.Trainer and factory.keywords["accelerator"] == "gpu"
         return
@@ -157,3 +168,21 @@ def test_old_spellings_of_the_learning_options_still_work(old, new):
 def test_modern_key_renames_search_space_keys_too():
     assert modern_key("meta.meta.inner_steps") == "learning.meta_learning.inner_steps"
     assert modern_key("pretrain.steps") == "pretrain.steps"
+
+
+def test_build_policy_takes_the_schedule_out_of_the_policy_config():
+    node = compose_with("policy/span", "policy.schedule.kind=cosine", "policy.schedule.start=0.4")
+    policy, schedule = build_policy(node)
+    assert policy.rate == 0.15 and (schedule.kind, schedule.start, schedule.end) == ("cosine", 0.4, None)
+    assert schedule.rate_at(99, 100, policy.rate) == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["policy.components.entity.schedule.kind=linear"], r"components.entity.schedule: only the whole policy"),
+    (["policy.schedule.kind=linear"], r"MixturePolicy has no single rate.*set policy.schedule.start"),
+    (["policy.schedule.kind=linear", "policy.schedule.start=0.3", "policy.schedule.end=2"], r"end is a masking rate"),
+    (["+policy.schedule.speed=2"], r"policy.schedule: .*speed.*its keys are kind, start, end, at, steps"),
+])
+def test_bad_schedules_fail_with_the_fix(overrides, message):
+    with pytest.raises((ConfigError, PolicyError), match=message):
+        build_policy(compose_with("policy/mixture", *overrides))

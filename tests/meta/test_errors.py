@@ -6,7 +6,7 @@ from hydra import compose, initialize_config_module
 from hydra.errors import MissingConfigException
 
 import maskpolicy.meta.pipeline as pipeline
-from maskpolicy.meta.config import build as build_node
+from maskpolicy.meta.config import build_policy
 from maskpolicy.policies import BudgetError, EntityPolicy, PolicyError, TokenBatch, build
 from maskpolicy.tasks.base import TaskError
 
@@ -31,7 +31,7 @@ def test_rate_outside_the_unit_interval_is_refused_at_build_time(rate):
     with initialize_config_module("maskpolicy.conf", version_base="1.3"):
         cfg = compose("pretrain", overrides=["policy=span", f"policy.rate={rate}"])
     with pytest.raises(PolicyError, match=r"policy: masking rate must be in \(0, 1\]"):
-        build_node(cfg.policy, "policy")
+        build_policy(cfg.policy)
 
 
 def test_an_unreachable_entity_budget_says_how_to_fix_it():

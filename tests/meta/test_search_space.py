@@ -12,6 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 
 import maskpolicy.conf
+from maskpolicy.meta.config import build_policy
 from maskpolicy.meta.search.space import SearchSpace, SearchSpaceError, grid
 from maskpolicy.policies import (
     EntityPolicy,
@@ -342,3 +343,27 @@ BAD_SPACES = [
 def test_a_bad_space_is_refused_with_its_reason(config, message):
     with pytest.raises(SearchSpaceError, match=message):
         SearchSpace.from_config(config)
+
+
+def test_a_family_searches_its_rate_schedule():
+    space = SearchSpace.from_config(with_family(
+        "random", rate={"type": "float", "low": 0.1, "high": 0.2},
+        **{"schedule.kind": {"type": "categorical", "choices": ["constant", "linear"]},
+           "schedule.start": {"type": "float", "low": 0.3, "high": 0.4}}))
+    trial = optuna.trial.FixedTrial({"family": "random", "random.rate": 0.15, "random.schedule.kind": "linear",
+                                     "random.schedule.start": 0.35})
+    suggestion = space.suggest(trial)
+    assert suggestion.policy["schedule"] == {"kind": "linear", "start": 0.35}
+    policy, schedule = build_policy(suggestion.policy)
+    assert isinstance(policy, RandomPolicy) and schedule.rate_at(0, 10, policy.rate) == 0.35
+    assert schedule.rate_at(9, 10, policy.rate) == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"schedule.speed": 2}, "RateSchedule has no parameter 'speed'"),
+    ({"schedule.kind.name": "linear"}, "a schedule key is schedule.<name>"),
+    ({"schedule.kind": "linear", "schedule.start": 1.5}, r"start is a masking rate"),
+])
+def test_bad_schedule_keys_are_refused_before_any_training(params, message):
+    with pytest.raises(SearchSpaceError, match=message):
+        SearchSpace.from_config(with_family("random", **params))

@@ -1,7 +1,10 @@
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, default_collate
 
-from maskpolicy.policies import EntityPolicy, RandomPolicy
+from maskpolicy.policies import EntityPolicy, RandomPolicy, RateSchedule
 from maskpolicy.tasks.text.encoding import encode_documents, pad_rows, token_batch
 from maskpolicy.tasks.training.pretraining import EncoderCorruption, MaskedPretraining, Seq2SeqCorruption
 
@@ -48,3 +51,37 @@ def test_generator_state_survives_a_checkpoint(batch, tiny_tokenizer, tiny_bert_
     restored = MaskedPretraining(model, RandomPolicy(0.3), EncoderCorruption(tiny_tokenizer), seed=7)
     restored.on_load_checkpoint(checkpoint)
     assert torch.equal(restored.policy.select(token_batch(batch), restored.generator), expected)
+
+
+class RateLog(pl.Callback):
+    """The policy's rate at every training batch, by global step."""
+
+    def __init__(self):
+        self.rates = {}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.rates[trainer.global_step - 1] = module.policy.rate
+
+
+def fit(module, batch, steps: int, tmp_path, resume=None) -> RateLog:
+    log = RateLog()
+    saver = ModelCheckpoint(tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[log, saver], accelerator="cpu")
+    rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["input_ids"]))]
+    trainer.fit(module, DataLoader(rows, batch_size=4, collate_fn=default_collate), ckpt_path=resume)
+    return log
+
+
+def test_a_rate_schedule_follows_the_global_step_across_a_resume(batch, tiny_tokenizer, tiny_bert_spec, tmp_path):
+    schedule = RateSchedule("linear", start=0.4, end=0.1)
+
+    def module():
+        return MaskedPretraining(tiny_bert_spec.build_model(tiny_tokenizer), RandomPolicy(0.15),
+                                 EncoderCorruption(tiny_tokenizer), seed=0, schedule=schedule)
+
+    whole = fit(module(), batch, 4, tmp_path / "whole")
+    assert whole.rates == pytest.approx({0: 0.4, 1: 0.3, 2: 0.2, 3: 0.1})
+    resumed = fit(module(), batch, 4, tmp_path / "resumed", resume=tmp_path / "whole" / "step=2.ckpt")
+    assert resumed.rates == pytest.approx({2: 0.2, 3: 0.1})
+    assert module().rate_points(4, points=3) == [[0, 0.4], [2, 0.2], [3, 0.1]]

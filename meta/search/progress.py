@@ -1,0 +1,90 @@
+"""A study's progress a person can follow: one line per finished trial, then a summary.
+
+``trial 3/12 #2 entity: 0.3125 | best 0.3500 (#1) | ~4 min left``: trials finished of the
+budget, the trial's number and what it tried, how it ended, the best value so far and an
+estimate of the time left (this session's mean time per trial × trials left). It is an
+Optuna study callback, so ``maskpolicy-search`` and the Hydra sweeper print the same lines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def family_label(trial: FrozenTrial) -> str:
+    """A search trial's family (``maskpolicy-search`` trials draw one first)."""
+    return str(trial.params.get("family", ""))
+
+
+class TrialProgress:
+    """Prints one line per trial that ends; ``summary`` prints the study's totals.
+
+    Args:
+        total: the finished trials the study should hold.
+        describe: what a trial tried, in a few words.
+        write: where lines go (``print`` by default, flushed: workers' output goes to files).
+        clock: seconds, for the estimate of the time left.
+    """
+
+    def __init__(self, total: int, describe: Callable[[FrozenTrial], str] = family_label,
+                 write: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.describe, self.clock = total, describe, clock
+        self.write = write or (lambda line: print(line, flush=True))
+        self.started, self.ended_here = clock(), 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.ended_here += 1
+        self.write(self.line(study, trial))
+
+    def line(self, study: optuna.Study, trial: FrozenTrial) -> str:
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        left = max(self.total - finished, 0)
+        per_trial = (self.clock() - self.started) / max(self.ended_here, 1)
+        what = f" {self.describe(trial)}" if self.describe(trial) else ""
+        return (f"trial {finished}/{self.total} #{trial.number}{what}: {outcome(trial)} | best {best_text(study)} | "
+                f"{duration(per_trial * left) if left else 'done'}{' left' if left else ''}")
+
+    def summary(self, study: optuna.Study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        counts = ", ".join(f"{sum(t.state == state for t in trials)} {state.name.lower()}"
+                           for state in TrialState if any(t.state == state for t in trials))
+        self.write(f"study {study.study_name}: {counts}; best {best_text(study)}; "
+                   f"{duration(self.clock() - self.started)} in this session")
+
+
+def outcome(trial: FrozenTrial) -> str:
+    if trial.state == TrialState.COMPLETE:
+        return " ".join(f"{value:.4f}" for value in trial.values)
+    if trial.state == TrialState.PRUNED:
+        step = trial.last_step
+        return "pruned" if step is None else f"pruned at step {step}"
+    if trial.state == TrialState.FAIL:
+        reason = trial.user_attrs.get("failure", "")
+        return f"failed{': ' + reason[:80] if reason else ''}"
+    return trial.state.name.lower()
+
+
+def best_text(study: optuna.Study) -> str:
+    """The best value so far and its trial; ``-`` before any trial completes or with several objectives."""
+    if len(study.directions) != 1:
+        return f"{len(study.best_trials)} on the Pareto front"
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return "-"
+    best = study.best_trial
+    return f"{best.value:.4f} (#{best.number})"
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -71,9 +71,9 @@ class HMMTask:
         self.n_sequences, self.seed, self.concentration = int(n_sequences), int(seed), float(concentration)
         self.save_data = bool(save_data)
         generator = torch.Generator().manual_seed(self.seed)
-        self.initial = _dirichlet_rows(1, self.n_states, self.concentration, generator)[0]
-        self.transition = _dirichlet_rows(self.n_states, self.n_states, self.concentration, generator)
-        self.emission = _dirichlet_rows(self.n_states, self.n_symbols, self.concentration, generator)
+        self.initial = dirichlet_rows(1, self.n_states, self.concentration, generator)[0]
+        self.transition = dirichlet_rows(self.n_states, self.n_states, self.concentration, generator)
+        self.emission = dirichlet_rows(self.n_states, self.n_symbols, self.concentration, generator)
         data_seed = int(torch.randint(2**62, (1,), generator=generator))
         self._data = self.sample(self.n_sequences, torch.Generator().manual_seed(data_seed))
 
@@ -203,7 +203,7 @@ def _draw(probabilities: Tensor, generator: torch.Generator) -> Tensor:
     return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
 
 
-def _dirichlet_rows(rows: int, size: int, concentration: float, generator: torch.Generator) -> Tensor:
+def dirichlet_rows(rows: int, size: int, concentration: float, generator: torch.Generator) -> Tensor:
     """``Float64[rows, size]`` rows from a symmetric Dirichlet, floored at ``PROBABILITY_FLOOR`` and renormalised.
 
     The floor keeps every probability positive, so no log-probability is −inf.

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from maskpolicy.tasks.base import TaskError
-from maskpolicy.tasks.tractable.hmm import _dirichlet_rows
+from maskpolicy.tasks.tractable.hmm import dirichlet_rows
 
 ROW_SUM_TOLERANCE = 1e-6
 SINKHORN_STEPS = 200
@@ -192,7 +192,7 @@ def random_discrete_hmm(n_states: int = 3, n_symbols: int = 4, seed: int = 0, co
     check_size("n_symbols", n_symbols, 2)
     generator = torch.Generator().manual_seed(_seed(seed))
     transition = sticky_transition(n_states, stickiness, concentration, generator)
-    return DiscreteHMM(transition, _dirichlet_rows(n_states, n_symbols, concentration, generator))
+    return DiscreteHMM(transition, dirichlet_rows(n_states, n_symbols, concentration, generator))
 
 
 def random_gaussian_hmm(n_states: int = 3, dim: int = 3, seed: int = 0, concentration: float = 0.5,
@@ -217,7 +217,7 @@ def sticky_transition(n_states: int, stickiness: float, concentration: float, ge
     if not isinstance(stickiness, Real) or not 0 <= stickiness < 1:
         raise TaskError(f"stickiness must be a number in [0, 1) (the weight of staying in a state), "
                         f"got {stickiness!r}")
-    rows = _dirichlet_rows(n_states, n_states, _concentration(concentration), generator)
+    rows = dirichlet_rows(n_states, n_states, _concentration(concentration), generator)
     for _ in range(SINKHORN_STEPS):
         rows = rows / rows.sum(0, keepdim=True)
         rows = rows / rows.sum(1, keepdim=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from maskpolicy.meta.config import build
+from maskpolicy.meta.config import build_policy
 from maskpolicy.meta.learning.artifacts import (
     CARD,
     WEIGHTS,
@@ -102,7 +102,7 @@ def test_policy_artifact_config_builds_it(saved):
     _, path = saved
     with initialize_config_module("maskpolicy.conf", version_base="1.3"):
         cfg = compose("pretrain", overrides=["policy=artifact", f"policy.path={path}", "policy.rate=0.25"])
-    policy = build(cfg.policy, "policy")
+    policy, _ = build_policy(cfg.policy)
     assert isinstance(policy, LearnedPolicy) and policy.rate == 0.25
 
 

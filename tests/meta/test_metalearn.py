@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from maskpolicy.meta.commands.learn import main
-from maskpolicy.meta.config import build, plain
+from maskpolicy.meta.config import build, build_policy, plain
 from maskpolicy.meta.learning.artifacts import load_policy
 from maskpolicy.meta.learning.evaluation import compare_with_heuristics
 from maskpolicy.meta.learning.meta_learning import (
@@ -79,7 +79,7 @@ def test_the_command_meta_learns_and_saves_a_policy(tmp_path, monkeypatch, caplo
     history = results.history
     assert results.method == "meta_learning" and len(history["outer_loss"]) == 3 == len(history["inner_loss"])
     assert all(loss > 0 for loss in history["outer_loss"])
-    initial = build(config(*SMALL).policy, "policy")  # the seeded scorer training started from
+    initial, _ = build_policy(config(*SMALL).policy)  # the seeded scorer training started from
     assert scorer_changed(load_policy(tmp_path / "policy"), initial)
 
 
@@ -105,7 +105,8 @@ def test_the_engines_take_the_same_first_step(tmp_path):
 
 def test_meta_learning_moves_the_policys_scores_toward_answer_tokens():
     cfg = config(*SMALL, "learning.meta_learning.steps=20")
-    task, spec, policy = build(cfg.task, "task"), build(cfg.model, "model"), build(cfg.policy, "policy")
+    task, spec = build(cfg.task, "task"), build(cfg.model, "model")
+    policy, _ = build_policy(cfg.policy)
     tokenizer = spec.build_tokenizer(document.text for document in task.corpus())
     features = feature_spec(task, policy.features)
     dev = encode_answers(task, "dev", tokenizer, spec.max_length, features)  # contexts meta-learning never sees

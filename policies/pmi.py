@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .base import PolicyError, TokenBatch, check_rate
 from .ops import budget, dense_groups, select_groups
-from .words import KeyTable, Words, count_keys, lookup, ngram_orders, words_of
+from .words import KeyTable, Words, count_keys, lookup, ngram_orders, shifted, words_of
 
 NOT_FOUND = float("-inf")
 
@@ -101,7 +101,7 @@ class PMIPolicy:
         rows, starts = valid.nonzero(as_tuple=True)
         first = torch.full_like(distinct, len(rows)).scatter_reduce(0, inverse, torch.arange(len(rows)), "amin")
         rows, starts = rows[first[frequent]], starts[first[frequent]]
-        whole = lookup(*log_p[n], distinct[frequent], NOT_FOUND)
+        whole = log_p[n][1][frequent]  # _log_probabilities ran torch.unique on the same keys: same order
         best_split = torch.full_like(whole, NOT_FOUND)
         for parts in _segmentations(n):
             total, offset = torch.zeros_like(whole), 0
@@ -147,10 +147,10 @@ def _non_overlapping(score: Tensor, length: Tensor, max_n: int) -> Tensor:
     exists = length > 0
     lost = torch.zeros_like(exists)
     for d in range(1, max_n):
-        later_score, later_length = _shifted(score, d, NOT_FOUND), _shifted(length, d, 0)
+        later_score, later_length = shifted(score, d, NOT_FOUND), shifted(length, d, 0)
         later_wins = (later_length > 0) & (length > d) & (
             (later_score > score) | ((later_score == score) & (later_length > length)))
-        earlier_score, earlier_length = _shifted(score, -d, NOT_FOUND), _shifted(length, -d, 0)
+        earlier_score, earlier_length = shifted(score, -d, NOT_FOUND), shifted(length, -d, 0)
         earlier_wins = (earlier_length > d) & (
             (earlier_score > score) | ((earlier_score == score) & (earlier_length >= length)))
         lost |= later_wins | earlier_wins
@@ -162,19 +162,9 @@ def _units(words: Words, kept: Tensor, length: Tensor, max_n: int) -> Tensor:
     position = torch.arange(kept.shape[1], device=kept.device).expand_as(kept)
     unit = position
     for d in range(1, max_n):
-        covers = _shifted(kept, -d, False) & (_shifted(length, -d, 0) > d)
+        covers = shifted(kept, -d, False) & (shifted(length, -d, 0) > d)
         unit = torch.where(covers, position - d, unit)
     if unit.shape[1] == 0:  # no words at all: nothing to gather from
         return words.groups
     return torch.where(words.groups >= 0, unit.gather(1, words.groups.clamp(min=0)), -1)
 
-
-def _shifted(values: Tensor, d: int, fill: float | bool) -> Tensor:
-    """``values[:, i + d]`` at column ``i`` (``fill`` past either end); ``d`` may be negative."""
-    width = values.shape[1]
-    shifted = torch.full_like(values, fill)
-    if 0 < d < width:
-        shifted[:, : width - d] = values[:, d:]
-    elif 0 < -d < width:
-        shifted[:, -d:] = values[:, : width + d]
-    return shifted

@@ -83,8 +83,8 @@ def ngram_orders(words: Words, max_n: int, min_n: int = 1) -> dict[int, tuple[Te
     for n in range(1, max_n + 1):
         if n > 1:
             k = n - 1
-            accumulated = accumulated + _shifted(words.keys, k, 0) * _power(WORD_BASE, k)
-            valid = valid & _shifted(words.present & words.joined, k, False)
+            accumulated = accumulated + shifted(words.keys, k, 0) * _power(WORD_BASE, k)
+            valid = valid & shifted(words.present & words.joined, k, False)
         if n >= min_n:
             orders[n] = (torch.where(valid, _mix(accumulated + n * ORDER_STEP), NO_KEY), valid)
     return orders
@@ -140,11 +140,15 @@ def _mix(keys: Tensor) -> Tensor:
     return keys ^ (keys >> 29)
 
 
-def _shifted(values: Tensor, k: int, fill: int | bool) -> Tensor:
-    """``values[:, i + k]`` at column ``i``, ``fill`` past the end."""
-    if k >= values.shape[1]:
-        return torch.full_like(values, fill)
-    return torch.nn.functional.pad(values[:, k:], (0, k), value=fill)
+def shifted(values: Tensor, d: int, fill: float | bool) -> Tensor:
+    """``values[:, i + d]`` at column ``i`` (``fill`` past either end); ``d`` may be negative."""
+    width = values.shape[1]
+    moved = torch.full_like(values, fill)
+    if 0 <= d < width:
+        moved[:, : width - d] = values[:, d:]
+    elif 0 < -d < width:
+        moved[:, -d:] = values[:, : width + d]
+    return moved
 
 
 def _power(base: int, k: int) -> int:

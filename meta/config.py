@@ -23,6 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from maskpolicy.meta.scoring.estimators import MLLError
 from maskpolicy.policies import MaskingPolicy, PolicyError, RateSchedule
 from maskpolicy.policies.registry import plugin_entry_points
+from maskpolicy.tasks.assets import asset_path
 from maskpolicy.tasks.base import TaskError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ _RENAMED_KEYS = ((re.compile(r"^([+~]{0,2})meta\.meta\."), r"\1learning.meta_lea
 
 class ConfigError(ValueError):
     """The composed configuration cannot be built into a run."""
+
+
+# ``${asset:minilm}`` in a config: the folder or file where an optional real asset was installed (tasks.assets).
+OmegaConf.register_new_resolver("asset", lambda key: str(asset_path(key)), replace=True)
 
 
 def build(node: DictConfig, what: str, **kwargs: Any) -> Any:

@@ -45,9 +45,9 @@ from maskpolicy.tasks.base import Document, Task, TaskError
 from maskpolicy.tasks.text.encoding import encode_documents
 from maskpolicy.tasks.text.features import FeatureSpec, word_counts
 from maskpolicy.tasks.training.datamodule import RowsDataModule
-from maskpolicy.tasks.training.models import ModelSpec
+from maskpolicy.tasks.training.downstream import ClosedBookQA, DownstreamTask, FinetuneOptions
+from maskpolicy.tasks.training.models import LoadReport, ModelSpec
 from maskpolicy.tasks.training.pretraining import MaskedPretraining, build_corruption
-from maskpolicy.tasks.training.qa import QAFineTuning, encode_qa
 
 log = logging.getLogger(__name__)
 STAGE_NAMES = {"pretrain": "pre-training", "finetune": "fine-tuning", "base": "base pre-training"}
@@ -75,6 +75,8 @@ class Setup:
     base: BaseRecord | None = None
     policy_warnings: tuple[str, ...] = ()   # what checking a saved policy against the task found
     schedule: RateSchedule | None = None    # policy.schedule, when the rate varies during pre-training
+    downstream: DownstreamTask = field(default_factory=ClosedBookQA)
+    loading: LoadReport | None = None       # which weights a pre-trained model's checkpoint gave (None: built)
 
 
 def _no_callbacks(probe: ScoreProbe | None) -> Sequence[pl.Callback]:
@@ -118,10 +120,21 @@ def setup(cfg: DictConfig) -> Setup:
         spec = base.apply(spec)
     tokenizer = spec.build_tokenizer(document.text for document in corpus)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model, loading = spec.load(tokenizer)
     # Loaded weights come in eval mode and Lightning keeps a module's mode: train with dropout, as when built.
-    model = spec.build_model(tokenizer).train()
-    return Setup(task, corpus, policy, spec, tokenizer, model, base.record if base else None, policy_warnings,
-                 schedule)
+    return Setup(task, corpus, policy, spec, tokenizer, model.train(), base.record if base else None,
+                 policy_warnings, schedule, build_downstream(cfg), loading)
+
+
+def build_downstream(cfg: DictConfig) -> DownstreamTask:
+    """The run's downstream stage (``downstream=closed_book_qa|extractive_qa``; closed-book QA when the config
+    has no ``downstream`` node, as configs written before it)."""
+    node = cfg.get("downstream")
+    downstream = ClosedBookQA() if node is None else build(node, "downstream")
+    if not isinstance(downstream, DownstreamTask):
+        raise ConfigError(f"downstream: {type(downstream).__name__} lacks the DownstreamTask methods (name, metric, "
+                          "counts, rows, collate, module); see maskpolicy.tasks.training.downstream")
+    return downstream
 
 
 def check_devices(trainer: DictConfig) -> None:
@@ -265,21 +278,39 @@ def _targets(options: DictConfig) -> list[str]:
     return list(dict.fromkeys(targets))
 
 
-def finetune(cfg: DictConfig, run: Setup, output_dir: Path, *, test: bool,
-             callbacks: Sequence[pl.Callback] = ()) -> Downstream:
-    """Fine-tunes on QA-train and keeps the epoch with the best dev EM; ``test`` also scores it on QA-test.
+@dataclass(frozen=True)
+class DownstreamRows:
+    """A run's downstream questions encoded once, before any training (so a task the downstream cannot use fails
+    first); ``test`` is empty for a run that never sees the test split."""
 
-    ``callbacks`` join the trainer's (a search's pruning callback reads dev EM per epoch).
-    """
+    train: list[dict]
+    dev: list[dict]
+    test: list[dict]
+
+
+def encode_downstream(run: Setup, *, test: bool) -> DownstreamRows:
     def encode(split: str) -> list[dict]:
-        return encode_qa(run.task.qa(split), run.tokenizer, run.spec.kind, run.spec.max_length)
+        return run.downstream.rows(run.task, split, run.tokenizer, run.spec.kind, run.spec.max_length)
 
-    data = RowsDataModule(encode("train"), run.tokenizer.pad_token_id, dev=encode("dev"),
-                          test=encode("test") if test else (), batch_size=cfg.finetune.batch_size)
-    module = QAFineTuning(run.model, run.tokenizer, run.spec.kind, cfg.finetune.learning_rate,
-                          cfg.finetune.weight_decay, cfg.finetune.warmup_fraction,
-                          decay_norms_and_biases=cfg.finetune.decay_norms_and_biases)
-    best = ModelCheckpoint(output_dir / "checkpoints" / "finetune", monitor="dev/em", mode="max", save_top_k=1)
+    return DownstreamRows(encode("train"), encode("dev"), encode("test") if test else [])
+
+
+def finetune(cfg: DictConfig, run: Setup, output_dir: Path, *, test: bool,
+             callbacks: Sequence[pl.Callback] = (), rows: DownstreamRows | None = None) -> Downstream:
+    """Fine-tunes on the downstream's train split and keeps the epoch with the best dev metric (the downstream's
+    own: EM for closed-book QA, F1 for extractive QA); ``test`` also scores it on the test split.
+
+    ``callbacks`` join the trainer's (a search's pruning callback reads the dev metric per epoch).
+    """
+    rows = rows or encode_downstream(run, test=test)
+    pad = run.tokenizer.pad_token_id
+    data = RowsDataModule(rows.train, pad, dev=rows.dev, test=rows.test if test else (),
+                          batch_size=cfg.finetune.batch_size, collate=run.downstream.collate(pad))
+    options = FinetuneOptions(cfg.finetune.learning_rate, cfg.finetune.weight_decay, cfg.finetune.warmup_fraction,
+                              cfg.finetune.decay_norms_and_biases)
+    module = run.downstream.module(run.model, run.tokenizer, run.spec.kind, options, cfg.seed)
+    best = ModelCheckpoint(output_dir / "checkpoints" / "finetune", monitor=f"dev/{run.downstream.metric}",
+                           mode="max", save_top_k=1)
     trainer = make_trainer(cfg, output_dir, "finetune", max_epochs=cfg.finetune.epochs, callbacks=[best, *callbacks])
     trainer.fit(module, datamodule=data)
     if test:
@@ -288,7 +319,8 @@ def finetune(cfg: DictConfig, run: Setup, output_dir: Path, *, test: bool,
     trainer.validate(module, datamodule=data, ckpt_path="best", verbose=False)
     dev, held_out = module.scores["dev"], module.scores.get("test", {})
     return Downstream(dev_em=dev["em"], dev_f1=dev["f1"], best_epoch=_best_epoch(best),
-                      test_em=held_out.get("em"), test_f1=held_out.get("f1"))
+                      test_em=held_out.get("em"), test_f1=held_out.get("f1"), name=run.downstream.name,
+                      metric=run.downstream.metric, counts=dict(run.downstream.counts))
 
 
 def _best_epoch(checkpoint: ModelCheckpoint) -> int | None:
@@ -310,14 +342,16 @@ def run_pretraining(cfg: DictConfig, output_dir: Path, names: RunNames, *, test:
     check_devices(cfg.trainer)
     run = setup(cfg)
     check_scores(cfg, run)
+    rows = encode_downstream(run, test=test)
     pretrained = pretrain(cfg, run, output_dir, callbacks.pretraining)
     scores = score(cfg, run)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    downstream = finetune(cfg, run, output_dir, test=test, callbacks=callbacks.finetuning)
+    downstream = finetune(cfg, run, output_dir, test=test, callbacks=callbacks.finetuning, rows=rows)
     return PretrainResults(
         policy=PolicyRecord(names.policy, plain(cfg.policy), policy_source(run)),
         task=Named(names.task, plain(cfg.task)),
-        model=ModelRecord(names.model, plain(cfg.model), sum(p.numel() for p in run.model.parameters())),
+        model=ModelRecord(names.model, plain(cfg.model), sum(p.numel() for p in run.model.parameters()),
+                          loading=asdict(run.loading) if run.loading else None),
         seed=cfg.seed,
         downstream=downstream,
         pretrain=pretrained,

@@ -87,6 +87,15 @@ class GeneralText(Protocol):
 
 
 @runtime_checkable
+class TitledText(Protocol):
+    """A task whose documents come from titled articles (SQuAD): general text sharing a title is dropped."""
+
+    def titles(self) -> Sequence[str]:
+        """The articles' titles."""
+        ...
+
+
+@runtime_checkable
 class TractableTask(Protocol):
     """A model whose likelihood and masked conditionals are exact, with data drawn from it.
 

@@ -36,9 +36,10 @@ def run(cfg: DictConfig) -> float:
     results = run_pretraining(cfg, output_dir, names, test=True, callbacks=linked_callbacks(cfg, trial))
     if rank_zero_only.rank == 0:  # under trainer=ddp every rank runs this command; one writes
         schema.save(output_dir, results)
-    log.info("%s on %s: dev EM %.3f, test EM %.3f", names.policy, names.task, results.downstream.dev_em,
-             results.downstream.test_em)
-    return results.downstream.dev_em
+    downstream = results.downstream
+    log.info("%s on %s (%s): dev %s %.3f, test %s %.3f", names.policy, names.task, downstream.name,
+             downstream.metric.upper(), downstream.dev_value, downstream.metric.upper(), downstream.test_value)
+    return downstream.dev_value  # what a Hydra sweeper optimises: the downstream's own dev metric
 
 
 def main() -> None:

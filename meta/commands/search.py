@@ -31,6 +31,7 @@ from maskpolicy.meta.search.leaderboard import (
     leaderboard,
     write_leaderboard,
 )
+from maskpolicy.meta.search.objectives import downstream_axis
 from maskpolicy.meta.search.study import FINISHED, Search, optimize, prepare, share_cores, start_workers
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,9 @@ def run(cfg: DictConfig) -> float | None:
     print(format_leaderboard(rows))
     if rows:
         save_best_policy(next(c for c in finals if c.label == rows[0]["label"]), output_dir)
-    agreement = correlation(search.study)
-    targeted = correlation(search.study, SCORES[1])
+    y = downstream_axis(search.objectives).metric  # the downstream's dev metric (EM or F1)
+    agreement = correlation(search.study, SCORES[0], y)
+    targeted = correlation(search.study, SCORES[1], y)
     _write_report(output_dir, search, rows, agreement, targeted, rate_curves(finals))
     summary = _summary(cfg, search, rows, agreement, time.perf_counter() - started) | {"correlation_entities": targeted}
     write_json(output_dir / "search.json", summary)

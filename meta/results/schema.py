@@ -8,8 +8,12 @@ Schema versions: 1 — the records before this module (same keys, no ``schema`` 
 2 — adds ``schema``; trial records of a search hold no test metrics (``test_em``/``test_f1``
 are null when a run never touched the test split); 3 — targeted scores (``target`` and
 ``empty_sequences`` of a score, ``mll_targets`` of a run), the ``base`` a run started from, and the
-pre-training ``probe`` curve. The ``identify`` record (``maskpolicy-identify``) is new in version 3: it
+pre-training ``probe`` curve; 4 — the ``downstream`` stage's ``name``, ``metric`` and ``counts``, and a
+pre-trained model's ``loading`` report. The ``identify`` record (``maskpolicy-identify``) is new in version 3: it
 changes no other record, and an older reader refuses it as an unknown command.
+
+Why this module is long: it is the one home of every command's record and of reading them back; split,
+the schema would live in several places.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any, ClassVar, Union
 
 from maskpolicy.meta.results.files import write_json
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RESULTS_FILE = "results.json"
 PACKAGES = ("maskpolicy", "torch", "pytorch-lightning", "transformers", "tokenizers", "hydra-core", "optuna",
             "higher", "numpy", "matplotlib")
@@ -78,17 +82,34 @@ class PolicyRecord(Named):
 @dataclass(frozen=True)
 class ModelRecord(Named):
     parameters: int
+    loading: dict[str, Any] | None = None   # a pre-trained model's load report: loaded, new, unused weights
 
 
 @dataclass(frozen=True)
 class Downstream:
-    """QA scores of the epoch chosen on dev; test is null for a run that never saw it (a search trial)."""
+    """QA scores of the epoch chosen on dev; test is null for a run that never saw it (a search trial).
+
+    ``name`` is the downstream stage (``closed_book_qa``, ``extractive_qa``, …) and ``metric`` its own
+    dev metric (``em`` or ``f1``), the one that chose the epoch; ``counts`` what its encoding skipped or split.
+    """
 
     dev_em: float
     dev_f1: float
     best_epoch: int | None
     test_em: float | None = None
     test_f1: float | None = None
+    name: str = "closed_book_qa"
+    metric: str = "em"
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dev_value(self) -> float:
+        """The downstream's own dev metric."""
+        return self.dev_f1 if self.metric == "f1" else self.dev_em
+
+    @property
+    def test_value(self) -> float | None:
+        return self.test_f1 if self.metric == "f1" else self.test_em
 
 
 @dataclass(frozen=True)

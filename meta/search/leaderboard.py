@@ -23,7 +23,8 @@ from maskpolicy.meta.search.objectives import Objective
 
 IDENTITY = ("rank", "label", "family", "source", "trial", "params")
 COLUMNS = (Column("rank", "#", None, 2), Column("label", "policy", None, 24, text=True), Column("dev_em", "dev EM"),
-           Column("test_em", "test EM"), Column("mll_nats_per_token", "MLL nats/token", 2, 17),
+           Column("dev_f1", "dev F1"), Column("test_em", "test EM"), Column("test_f1", "test F1"),
+           Column("mll_nats_per_token", "MLL nats/token", 2, 17),
            Column("mll_entities_nats_per_token", "MLL entities", 2, 14), Column("seconds", "s/run", 0, 7),
            Column("seeds", "seeds", None, 5))
 SCORES = ("mll_nats_per_token", "mll_entities_nats_per_token")  # all tokens; entity tokens given the rest
@@ -39,7 +40,8 @@ def leaderboard(chosen: Sequence[FinalConfiguration], objective: Objective) -> l
 
 
 def correlation(study: optuna.Study, x: str = SCORES[0], y: str = "dev_em") -> dict[str, Any] | None:
-    """Spearman's rho between a trial metric (an MLL score) and dev EM of the completed trials (None below 3)."""
+    """Spearman's rho between a trial metric (an MLL score) and a dev metric (``y``) of the completed trials (None
+    below 3)."""
     pairs = [(t.user_attrs.get("metrics", {}).get(x), t.user_attrs.get("metrics", {}).get(y))
              for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     pairs = [pair for pair in pairs if None not in pair]

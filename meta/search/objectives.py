@@ -61,6 +61,8 @@ class Objective:
 
 DEV_EM = Objective("dev_em", "dev EM", "downstream validation exact match, in [0, 1]", "maximize", "dev_em",
                    "dev/em")
+DEV_F1 = Objective("dev_f1", "dev F1", "downstream validation token F1 (SQuAD normalisation), in [0, 1]", "maximize",
+                   "dev_f1", "dev/f1")
 MLL = Objective("mll", "MLL score (nats/token)",
                 "marginal-likelihood score of the pre-trained model on held-out text, in nats per token",
                 "maximize", "mll_nats_per_token", None)
@@ -68,17 +70,32 @@ MLL_ENTITIES = Objective("mll_entities", "entity-token MLL (nats/token)",
                          "marginal-likelihood score of the entity tokens of held-out text given the rest, in nats per "
                          "token: label-free (score.targets must include entities)",
                          "maximize", "mll_entities_nats_per_token", None)
-OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (DEV_EM, MLL, MLL_ENTITIES)}
+OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (DEV_EM, DEV_F1, MLL, MLL_ENTITIES)}
+DOWNSTREAM = "dev"   # the downstream stage's own dev metric: dev_em for closed-book QA, dev_f1 for extractive QA
+BY_DOWNSTREAM_METRIC = {"em": DEV_EM, "f1": DEV_F1}
 
 
-def resolve(names: Sequence[str]) -> tuple[Objective, ...]:
-    """The objectives ``search.objectives`` names, in order."""
-    names = list(names)
+def resolve(names: Sequence[str], downstream_metric: str = "em") -> tuple[Objective, ...]:
+    """The objectives ``search.objectives`` names, in order; ``dev`` is the downstream's own dev metric
+    (``downstream.metric``: ``em`` → dev_em, ``f1`` → dev_f1)."""
+    names = [BY_DOWNSTREAM_METRIC[downstream_metric].name if name == DOWNSTREAM else name for name in names]
     unknown = [name for name in names if name not in OBJECTIVES]
     if not names or unknown or len(set(names)) != len(names):
-        raise ObjectiveError(f"search.objectives must be a non-empty list without repeats from {list(OBJECTIVES)}, "
-                             f"got {names}")
+        raise ObjectiveError(f"search.objectives must be a non-empty list without repeats from "
+                             f"{[DOWNSTREAM, *OBJECTIVES]}, got {names}")
     return tuple(OBJECTIVES[name] for name in names)
+
+
+def downstream_objective(downstream_metric: str) -> Objective:
+    """The objective of a downstream's own dev metric."""
+    return BY_DOWNSTREAM_METRIC[downstream_metric]
+
+
+def downstream_axis(objectives: Sequence[Objective]) -> Objective:
+    """The downstream metric the label-free scores are compared with: the study's own dev objective (EM or F1), dev
+    EM when it optimised none, whatever the other objectives are."""
+    own = [objective for objective in objectives if objective in BY_DOWNSTREAM_METRIC.values()]
+    return own[0] if own else DEV_EM
 
 
 def pruned_objective(objectives: Sequence[Objective]) -> Objective | None:

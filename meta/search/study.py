@@ -117,7 +117,7 @@ def prepare(cfg: DictConfig, output_dir: Path) -> Search:
     space = SearchSpace.from_config(options.space)
     _check_run_keys(cfg, space)
     try:
-        objectives = objective_defs.resolve(options.objectives)
+        objectives = objective_defs.resolve(options.objectives, downstream_metric(cfg))
     except ObjectiveError as error:
         raise SearchConfigError(str(error)) from error
     _check_scored(cfg, objectives)
@@ -200,6 +200,12 @@ def _check_trainer(trainer: DictConfig) -> None:
             "search.n_workers=N and trainer=cpu or trainer=gpu; use trainer=ddp with maskpolicy-pretrain"
         )
     check_devices(trainer)
+
+
+def downstream_metric(cfg: DictConfig) -> str:
+    """The dev metric of the run config's downstream stage (``em`` when the config names none)."""
+    node = cfg.get("downstream")
+    return str(node.get("metric", "em")) if node is not None else "em"
 
 
 def _check_scored(cfg: DictConfig, objectives: Sequence[Objective]) -> None:

@@ -25,7 +25,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from maskpolicy.meta.config import plain
 from maskpolicy.meta.pipeline import NO_CALLBACKS, StageCallbacks
 from maskpolicy.meta.search.engines import SearchConfigError, build_pruner, open_storage
-from maskpolicy.meta.search.objectives import DEV_EM
+from maskpolicy.meta.search.objectives import downstream_objective
 from maskpolicy.meta.search.study import PruningPlan
 
 GRAMMAR = ("choice(a,b,…), range(start,stop[,step]), interval(low,high) or tag(log, interval(low,high)), each "
@@ -183,11 +183,12 @@ def linked_trial(link: Mapping[str, Any] | None) -> optuna.Trial | None:
 
 def linked_callbacks(cfg: DictConfig, trial: optuna.Trial | None) -> StageCallbacks:
     """The pruning callbacks of a launched run: the probe's values in pre-training (``pretrain.probe.every`` > 0),
-    then dev EM after each fine-tuning epoch, on one step axis as in ``maskpolicy-search``."""
+    then the downstream's dev metric after each fine-tuning epoch, on one step axis as in ``maskpolicy-search``."""
     if trial is None:
         return NO_CALLBACKS
     link = cfg[LINK_KEY]
     every = cfg.pretrain.probe.every or None
-    plan = PruningPlan(DEV_EM, every, cfg.pretrain.probe.target if every else None, int(link.finetune_offset),
-                       start_fraction=float(link.start_fraction) if every else 0.0)
+    metric = str((cfg.get("downstream") or {}).get("metric", "em"))
+    plan = PruningPlan(downstream_objective(metric), every, cfg.pretrain.probe.target if every else None,
+                       int(link.finetune_offset), start_fraction=float(link.start_fraction) if every else 0.0)
     return plan.callbacks(trial)

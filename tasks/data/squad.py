@@ -4,7 +4,8 @@ Reads the official JSON layout (``data[].title``, ``data[].paragraphs[].context`
 ``paragraphs[].qas[].question`` and ``answers[].text`` / ``answer_start``) from a
 local file, or a Hugging Face dataset with SQuAD's columns. Every paragraph
 becomes a pre-training document; QA splits are disjoint by subject (whole articles
-when there are enough of them, otherwise paragraphs).
+when there are enough of them, otherwise paragraphs; or single questions, so that
+extractive QA and closed-book QA on the same articles share every context).
 
 Answers whose ``answer_start`` does not point at their text are skipped and
 counted (``skipped_answers``; a question left with no answer is dropped and
@@ -27,7 +28,8 @@ from maskpolicy.tasks.base import SPLITS, CharSpan, Document, QAExample, Split, 
 from maskpolicy.tasks.data.splits import check_fractions, split_sizes, split_subjects
 from maskpolicy.tasks.data.tagging import Tagger, merge_spans, tag_corpus
 
-Subject = Literal["auto", "article", "paragraph"]
+Subject = Literal["auto", "article", "paragraph", "question"]
+SUBJECTS = ("auto", "article", "paragraph", "question")
 
 
 @dataclass(frozen=True)
@@ -35,22 +37,25 @@ class _Paragraph:
     subject_of: Mapping[str, str]  # "article" / "paragraph" → subject name
     context: str
     questions: tuple[QAExample, ...]  # subject filled in once the granularity is known
-    answer_spans: tuple[CharSpan, ...]  # every valid answer of every question, merged
+    question_spans: tuple[tuple[CharSpan, ...], ...]  # per question, the spans of its valid answers
+    title: str = ""
 
 
 class SquadTask:
     """A SQuAD-format reading-comprehension set turned into a closed-book task.
 
     Args:
-        path: a local JSON file in the SQuAD v1.1 layout.
+        path: a local JSON file in the SQuAD v1.1 layout, or a list of them (their articles in order).
         hf_dataset: instead of ``path``, a Hugging Face dataset name (e.g. ``"squad"``);
             needs the ``datasets`` package.
         hf_split: the split of ``hf_dataset`` to load.
         split_fractions: shares of subjects whose questions form QA-train, QA-dev, QA-test.
         seed: seed of the subject → split assignment.
         max_articles: keep only the first N articles.
-        subject: what must not straddle splits: ``"article"``, ``"paragraph"``, or
-            ``"auto"`` (articles when there are enough for every split, else paragraphs).
+        subject: what must not straddle splits: ``"article"``, ``"paragraph"``, ``"question"``
+            (questions split within the articles: every split's contexts are in the corpus, as
+            extractive QA wants), or ``"auto"`` (articles when there are enough for every split,
+            else paragraphs).
         answer_entities: give each document its answer spans as gold entities (an
             oracle: it marks the answers of every split); otherwise entities are
             empty and a tagger finds them.
@@ -67,7 +72,7 @@ class SquadTask:
 
     def __init__(
         self,
-        path: str | None = None,
+        path: str | Sequence[str] | None = None,
         hf_dataset: str | None = None,
         hf_split: str = "validation",
         split_fractions: Sequence[float] = (0.5, 0.25, 0.25),
@@ -81,8 +86,8 @@ class SquadTask:
     ) -> None:
         if (path is None) == (hf_dataset is None):
             raise TaskError("SquadTask needs exactly one source: path=<SQuAD JSON file> or hf_dataset=<name>")
-        if subject not in ("auto", "article", "paragraph"):
-            raise TaskError(f"squad subject must be 'auto', 'article' or 'paragraph', got {subject!r}")
+        if subject not in SUBJECTS:
+            raise TaskError(f"squad subject must be one of {', '.join(SUBJECTS)}, got {subject!r}")
         if bad_offsets not in ("skip", "error"):
             raise TaskError(f"squad bad_offsets must be 'skip' or 'error', got {bad_offsets!r}")
         if max_articles is not None and max_articles < 1:
@@ -90,16 +95,19 @@ class SquadTask:
         self.split_fractions = check_fractions(split_fractions)
         self.seed, self.answer_entities, self.bad_offsets, self.tagger = seed, answer_entities, bad_offsets, tagger
         self._corpus: tuple[Document, ...] | None = None
-        self.source = str(path) if path is not None else f"{hf_dataset} ({hf_split})"
-        self.general_paths = _paths(general_path)
-        payload = read_json(path) if path is not None else load_hub_dataset(hf_dataset, hf_split)
+        paths = _paths(path, "path") if path is not None else ()
+        self.source = ", ".join(paths) if paths else f"{hf_dataset} ({hf_split})"
+        self.general_paths = _paths(general_path, "general_path") if general_path is not None else ()
+        articles = ([article for one in paths for article in articles_of(read_json(one), one)] if paths
+                    else articles_of(load_hub_dataset(hf_dataset, hf_split), self.source))
         self.skipped_answers = self.skipped_questions = self.unanswerable = 0
-        self._paragraphs = self._parse(articles_of(payload, self.source)[:max_articles])
+        self._paragraphs = self._parse(articles[:max_articles])
         if not any(p.questions for p in self._paragraphs):
             raise TaskError(f"{self.source}: no answerable questions in the SQuAD data")
         self.subject = self._subject_unit(subject)
-        self._paragraphs = [_with_subject(p, p.subject_of[self.subject]) for p in self._paragraphs]
-        subjects = [p.subject_of[self.subject] for p in self._paragraphs]
+        self._paragraphs = [_with_subjects(p, self.subject) for p in self._paragraphs]
+        subjects = ([q.subject for p in self._paragraphs for q in p.questions] if self.subject == "question"
+                    else [p.subject_of[self.subject] for p in self._paragraphs])
         self.subject_split = split_subjects(subjects, self.split_fractions, seed)
 
     # -- the Task protocol -------------------------------------------------------
@@ -121,7 +129,11 @@ class SquadTask:
         """The questions about the subjects of ``split``, in file order."""
         if split not in SPLITS:
             raise TaskError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
-        return tuple(q for p in self._paragraphs if self._split_of(p) == split for q in p.questions)
+        return tuple(q for p in self._paragraphs for q in p.questions if self.subject_split[q.subject] == split)
+
+    def titles(self) -> tuple[str, ...]:
+        """The articles' titles, in file order (general text sharing one is dropped: :mod:`.wikipedia`)."""
+        return tuple(dict.fromkeys(p.title for p in self._paragraphs))
 
     # -- the GeneralText protocol -------------------------------------------------
 
@@ -151,25 +163,28 @@ class SquadTask:
         return tuple(tag_corpus(documents, self.tagger) if self.tagger else documents)
 
     def heldout(self) -> tuple[Document, ...]:
-        """The QA-dev subjects' paragraphs, for label-free scoring.
+        """The paragraphs QA-dev asks about, for label-free scoring.
 
         Closed-book QA pre-trains on every paragraph, so this text is *in* the corpus:
         on SQuAD the score measures how well the model fits its corpus, not generalisation.
         """
-        return tuple(d for d, p in zip(self.corpus(), self._paragraphs, strict=True) if self._split_of(p) == "dev")
+        return tuple(d for d, p in zip(self.corpus(), self._paragraphs, strict=True) if "dev" in self._splits_of(p))
 
     # -- helpers ----------------------------------------------------------------
 
     def answer_spans(self, split: Split | None = None) -> tuple[tuple[CharSpan, ...], ...]:
-        """Per corpus document, its merged answer spans; only ``split``'s documents when given.
+        """Per corpus document, its merged answer spans; only those of ``split``'s questions when given.
 
         These are what a policy supervised by answer spans learns from; pass
         ``split="train"`` so dev and test answers stay unseen.
         """
-        return tuple(p.answer_spans if split is None or self._split_of(p) == split else () for p in self._paragraphs)
+        return tuple(tuple(merge_spans([span for q, spans in zip(p.questions, p.question_spans, strict=True)
+                                        if split is None or self.subject_split[q.subject] == split
+                                        for span in spans]))
+                     for p in self._paragraphs)
 
-    def _split_of(self, paragraph: _Paragraph) -> Split:
-        return self.subject_split[paragraph.subject_of[self.subject]]
+    def _splits_of(self, paragraph: _Paragraph) -> set[Split]:
+        return {self.subject_split[q.subject] for q in paragraph.questions}
 
     def _subject_unit(self, subject: Subject) -> Literal["article", "paragraph"]:
         if subject != "auto":
@@ -198,9 +213,9 @@ class SquadTask:
             answers = self._answers(qa, context, f"{where}.qas[{q}]")
             if answers:
                 questions.append(_example(qa["question"], context, answers))
-                spans += [(start, start + len(text)) for text, start in answers]
+                spans.append(tuple(merge_spans([(start, start + len(text)) for text, start in answers])))
         subject_of = {"article": title, "paragraph": f"{title}#{index}"}
-        return _Paragraph(subject_of, context, tuple(questions), tuple(merge_spans(spans)))
+        return _Paragraph(subject_of, context, tuple(questions), tuple(spans), title)
 
     def _answers(self, qa: Mapping[str, Any], context: str, where: str) -> list[tuple[str, int]]:
         """The question's answers whose offsets check out; empty when it is unanswerable or none do."""
@@ -232,12 +247,10 @@ def _example(question: str, context: str, answers: Sequence[tuple[str, int]]) ->
     return QAExample(question, text, subject="", context=context, answer_start=start, aliases=aliases)
 
 
-def _paths(general_path: str | Sequence[str] | None) -> tuple[str, ...]:
-    if general_path is None:
-        return ()
-    paths = (general_path,) if isinstance(general_path, str | Path) else tuple(general_path)
+def _paths(given: str | Sequence[str], name: str) -> tuple[str, ...]:
+    paths = (given,) if isinstance(given, str | Path) else tuple(given)
     if not paths or not all(isinstance(path, str | Path) for path in paths):
-        raise TaskError(f"squad general_path must be a file path or a non-empty list of them, got {general_path!r}")
+        raise TaskError(f"squad {name} must be a file path or a non-empty list of them, got {given!r}")
     return tuple(str(path) for path in paths)
 
 
@@ -254,8 +267,14 @@ def _contexts(path: str) -> list[str]:
     return contexts
 
 
-def _with_subject(paragraph: _Paragraph, subject: str) -> _Paragraph:
-    return replace(paragraph, questions=tuple(replace(q, subject=subject) for q in paragraph.questions))
+def _with_subjects(paragraph: _Paragraph, unit: str) -> _Paragraph:
+    """The paragraph's questions with their subject: the article's or paragraph's name, or each its own."""
+    if unit == "question":
+        name = paragraph.subject_of["paragraph"]
+        named = (replace(q, subject=f"{name}#q{i}") for i, q in enumerate(paragraph.questions))
+    else:
+        named = (replace(q, subject=paragraph.subject_of[unit]) for q in paragraph.questions)
+    return replace(paragraph, questions=tuple(named))
 
 
 def read_json(path: str | Path) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import pytorch_lightning as pl
@@ -14,7 +14,9 @@ from maskpolicy.tasks.text.encoding import pad_rows
 class RowsDataModule(pl.LightningDataModule):
     """Serves already-tokenised rows (see :mod:`.text`), padded per batch.
 
-    ``train`` is shuffled; ``dev`` and ``test`` are served in order.
+    ``train`` is shuffled; ``dev`` and ``test`` are served in order. ``collate`` turns a list of
+    rows into a batch (a downstream task's own, e.g. extractive QA's windows); by default
+    :func:`~maskpolicy.tasks.text.encoding.pad_rows` with ``pad_token_id``.
     """
 
     def __init__(
@@ -26,10 +28,11 @@ class RowsDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 128,
         num_workers: int = 0,
+        collate: Callable[[Sequence[dict]], dict] | None = None,
     ) -> None:
         super().__init__()
         self.rows = {"train": list(train), "dev": list(dev), "test": list(test)}
-        self.collate = partial(pad_rows, pad_token_id=pad_token_id)
+        self.collate = collate if collate is not None else partial(pad_rows, pad_token_id=pad_token_id)
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:

@@ -61,8 +61,9 @@ def test_the_card_says_what_the_base_is(built) -> None:
     cfg, base = built
     card = json.loads((Path(base.model) / CARD).read_text())
     assert card["hash"] == base.record.hash and card["steps"] == 3
-    assert card["settings"] == {"steps": 3, "corpus_size": 6, "batch_size": 8, "learning_rate": 1e-3, "rate": 0.15,
-                                "seed": 0}
+    assert card["settings"] == {"corpus": "task", "train": "all", "steps": 3, "corpus_size": 6, "batch_size": 8,
+                                "learning_rate": 1e-3, "rate": 0.15, "seed": 0}
+    assert card["corpus"]["source"] == "task" and card["pretrained"] is None
     assert card["task"]["config"]["n_people"] == 20 and card["model"]["config"]["hidden_size"] == 32
     assert card["versions"]["torch"] == torch.__version__
     assert {WEIGHTS, "config.json", "tokenizer.json"} <= set(card["files"])
@@ -139,13 +140,54 @@ def test_a_damaged_entry_is_detected_logged_and_rebuilt_identically(tmp_path, ca
     assert json.loads((entry / CARD).read_text())["files"] == card["files"]  # the same seeded build, byte for byte
 
 
-def test_a_hugging_face_model_is_its_own_base(tmp_path) -> None:
+def hf_config(cache: Path, encoder: Path, *overrides: str):
+    tiny = [o for o in TINY if not o.startswith("model.")]
     with initialize_config_module("maskpolicy.conf", version_base="1.3"):
-        cfg = compose("pretrain", overrides=["task.n_people=20", "model=hf_masked_lm", f"base.cache_dir={tmp_path}/x",
-                                             "model.pretrained=some-org/some-bert"])
-    base = base_checkpoint(cfg, build(cfg.task, "task"), build(cfg.model, "model"))
-    assert (base.model, base.tokenizer, base.record.source) == ("some-org/some-bert",) * 3
-    assert base.record.hash is None and not (tmp_path / "x").exists()
+        return compose("pretrain", overrides=[*tiny, "model=hf_masked_lm", f"model.pretrained={encoder}",
+                                              "model.max_length=128", f"base.cache_dir={cache}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> Path:
+    """A BERT checkpoint without a masked-LM head (as a sentence encoder ships), with its tokenizer."""
+    from transformers import AutoConfig, BertModel
+
+    from maskpolicy.tasks.text.tokenization import train_wordpiece
+
+    task = build(config(tmp_path_factory.mktemp("unused")).task, "task")
+    tokenizer = train_wordpiece([d.text for d in [*task.corpus(), *task.general_corpus(6)]], 400)
+    folder = tmp_path_factory.mktemp("encoder")
+    torch.manual_seed(0)
+    BertModel(AutoConfig.for_model("bert", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+              ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("train", ["head", "all"])
+def test_a_pretrained_model_s_base_trains_its_new_head_or_every_weight(encoder, tmp_path, train) -> None:
+    cfg = hf_config(tmp_path / "cache", encoder, f"base.train={train}")
+    base = base_of(cfg)
+    card = json.loads((Path(base.model) / CARD).read_text())
+    assert card["pretrained"]["source"] == str(encoder) and card["corpus"]["unread_tokens"] is None
+    assert all(name.startswith("cls.") for name in card["pretrained"]["new"])
+    saved, original = load_file(str(Path(base.model) / WEIGHTS)), load_file(str(encoder / WEIGHTS))
+    kept = [name for name in original if not name.startswith("pooler.")]
+    unchanged = [torch.equal(saved[f"bert.{name}"], original[name]) for name in kept]
+    assert all(unchanged) if train == "head" else not any(unchanged[1:])   # [0]: position ids-free embeddings
+    assert card["pretrained"]["trained"] == (len(card["pretrained"]["new"]) if train == "head" else
+                                             len(list(pipeline.setup(cfg).model.parameters())))
+    run = pipeline.setup(cfg)  # the run starts from the base: its head is loaded, nothing is new
+    assert run.loading.source == base.model and run.loading.new == ()
+    assert base_key(cfg, build(cfg.task, "task"), build(cfg.task, "task").general_corpus(6)) == base.record.hash
+
+
+def test_base_train_head_needs_a_pretrained_model_with_new_weights(encoder, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="base.train=head .* built from a config .* base.train=all"):
+        base_of(config(tmp_path, "base.train=head"))
+    with pytest.raises(ConfigError, match="base.corpus must be one of task, wikipedia"):
+        base_of(config(tmp_path, "base.corpus=books"))
 
 
 def test_an_unwritable_cache_directory_is_refused_before_training(tmp_path) -> None:
@@ -158,7 +200,7 @@ def test_an_unwritable_cache_directory_is_refused_before_training(tmp_path) -> N
 
 def test_a_task_without_general_text_names_base_enabled_false(tiny_task, tmp_path, monkeypatch) -> None:
     cfg = config(tmp_path / "cache")
-    with pytest.raises(TaskError, match="no general text .* set base.enabled=false"):
+    with pytest.raises(TaskError, match="no general text .* base.corpus=wikipedia .* or base.enabled=false"):
         base_checkpoint(cfg, tiny_task, build(cfg.model, "model"))
     original = pipeline.build
     monkeypatch.setattr(pipeline, "build", lambda node, what: tiny_task if what == "task" else original(node, what))
@@ -219,3 +261,41 @@ def test_two_processes_asking_at_once_build_the_base_once(tmp_path) -> None:
     assert len(entries) == 1 and check_base(entries[0], entries[0].name) is None
     assert [path.name for path in (tmp_path / "cache").iterdir() if path.name.startswith(".")] == [
         f".{entries[0].name}.lock"]  # no staging directory left behind
+
+
+def wikipedia_file(path: Path, *extra: tuple[str, str]) -> Path:
+    articles = [(f"Article {k}", f"Article {k} is about subject number {k}. It has a second sentence here.")
+                for k in range(8)]
+    path.write_text(json.dumps({title: {"title": title, "extract": text} for title, text in [*articles, *extra]}))
+    return path
+
+
+def test_a_wikipedia_base_learns_from_the_articles_the_task_does_not_hold(tmp_path) -> None:
+    task = build(config(tmp_path).task, "task")
+    copied = task.corpus()[0].text.split(". ")[0] + "."   # one of the task's own sentences, in a general article
+    source = wikipedia_file(tmp_path / "wiki.json", ("Copy", f"An article quoting the task. {copied.upper()}"))
+    cfg = config(tmp_path / "cache", "base.corpus=wikipedia", f"base.wikipedia_path={source}", "base.corpus_size=20")
+    base = base_of(cfg)
+    corpus = base.record.corpus
+    assert corpus["source"] == "wikipedia" and corpus["articles"] == 9 and corpus["dropped_sentence"] == 1
+    assert corpus["documents"] == corpus["kept"] == 8 and corpus["dropped_title"] == 0
+    tokenizer = base.apply(build(cfg.model, "model")).build_tokenizer([])
+    assert all(len(tokenizer.tokenize(p.last_name)) == 1 for p in task.people), "the task's words stay whole"
+    assert base_of(cfg).record.source == "cache"
+
+
+def test_a_wikipedia_corpus_emptied_by_the_task_or_not_installed_is_refused(tmp_path, monkeypatch) -> None:
+    task = build(config(tmp_path).task, "task")
+    only_copies = tmp_path / "copies.json"
+    only_copies.write_text(json.dumps([{"title": "Copy", "extract": task.corpus()[0].text}]))
+    with pytest.raises(TaskError, match="is left as general text: of 1 .* 1 share a sentence"):
+        base_of(config(tmp_path, "base.corpus=wikipedia", f"base.wikipedia_path={only_copies}"))
+    import importlib.metadata
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    with pytest.raises(TaskError, match="make real"):
+        base_of(config(tmp_path, "base.corpus=wikipedia"))
+    assert not (tmp_path / "base").exists()

@@ -10,7 +10,9 @@ from hydra import compose, initialize_config_module
 from maskpolicy.meta.config import ConfigError, build, build_policy, modern_key, modern_overrides
 from maskpolicy.meta.learning.artifacts import save_policy
 from maskpolicy.policies import FEATURES, FitsCorpus, LearnedPolicy, PolicyError, TokenBatch
+from maskpolicy.tasks.assets import installed, skip_reason
 from maskpolicy.tasks.base import Task, TaskError, TractableTask
+from maskpolicy.tasks.training.downstream import METRICS, DownstreamTask
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 SQUAD_SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/squad-sample/dev-sample.json"
@@ -21,7 +23,7 @@ OPTIONS = sorted(str(p.relative_to(CONF).with_suffix("")) for p in CONF.rglob("*
 # groups whose every option is exercised by another test module
 ELSEWHERE = {"score/estimator": "tests/meta/test_score.py", "search/sampler": "tests/meta/test_search_parts.py",
              "search/pruner": "tests/meta/test_search_parts.py", "search/space": "tests/meta/test_search_space.py"}
-CHECKED_HERE = {"policy", "task", "model", "trainer", "tagger", "learning", "logger", "search/profile"}
+CHECKED_HERE = {"policy", "task", "model", "trainer", "tagger", "learning", "logger", "search/profile", "downstream"}
 
 
 def group_of(option: str) -> str:
@@ -61,6 +63,8 @@ def test_group_option_builds_something_that_works(option, tmp_path):
     group = group_of(option)
     if option == "task/squad" and not SQUAD_SAMPLE.exists():
         pytest.skip("shared SQuAD sample not present")
+    if option == "model/minilm" and not installed("minilm"):
+        pytest.skip(skip_reason("minilm"))
     overrides = []
     if option == "policy/artifact":  # a saved policy to point at
         save_policy(LearnedPolicy(), tmp_path / "policy", {"method": "none"})
@@ -82,6 +86,10 @@ def test_group_option_builds_something_that_works(option, tmp_path):
         check_trainer(build(node, option), option, tmp_path)
     elif group == "logger":
         check_logger(build(node, option, save_dir=str(tmp_path), name="stage", version=""), tmp_path)
+    elif group == "downstream":
+        downstream = build(node, option)
+        assert isinstance(downstream, DownstreamTask) and downstream.name == option.rsplit("/", 1)[1]
+        assert downstream.metric in METRICS
     else:
         check_tagger(node, option)
 

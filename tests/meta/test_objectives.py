@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_module
 from maskpolicy.meta.pipeline import RunNames
 from maskpolicy.meta.search import objectives, study
 from maskpolicy.meta.search.engines import SearchConfigError
-from maskpolicy.meta.search.objectives import DEV_EM, MLL, ObjectiveError
+from maskpolicy.meta.search.objectives import DEV_EM, DEV_F1, MLL, ObjectiveError
 from maskpolicy.meta.search.pruning import OptunaPruning, ProbePruning
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -28,6 +28,9 @@ def search_cfg(*overrides: str):
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # one trial asked by hand, not by optimize
 @pytest.mark.parametrize(("names", "during_pretraining", "finetuning_monitors", "returned"), [
     (["dev_em"], True, ["dev/em"], 0.3),
+    (["dev"], True, ["dev/em"], 0.3),               # the downstream's own metric: closed-book QA's EM
+    (["dev", "downstream=extractive_qa"], True, ["dev/f1"], 0.4),   # extractive QA's F1
+    (["dev_f1"], True, ["dev/f1"], 0.4),
     (["mll"], True, [], -2.0),                        # known only at the end: pruned on the probe alone
     (["dev_em", "mll"], False, [], (0.3, -2.0)),      # Optuna prunes single-objective studies only
 ])
@@ -42,10 +45,12 @@ def test_each_objective_set_prunes_returns_and_directs_the_right_values(tmp_path
         seen.update(test=test, monitors=[c.monitor for c in callbacks.finetuning if isinstance(c, OptunaPruning)],
                     probes=[type(c) for c in callbacks.pretraining(probe)],
                     without_probe=list(callbacks.pretraining(None)))
-        return make_run(0.3, 0.9, -2.0, seed=seed)
+        return make_run(0.3, 0.9, -2.0, seed=seed, dev_f1=0.4)
 
     monkeypatch.setattr(study, "run_configuration", fake_run)
-    cfg = search_cfg(f"search.objectives=[{','.join(names)}]", "search.every_family_first=false",
+    extra = [name for name in names if "=" in name]
+    names = [name for name in names if "=" not in name]
+    cfg = search_cfg(f"search.objectives=[{','.join(names)}]", "search.every_family_first=false", *extra,
                      f"search.pruning.pretraining={str(probe_pruning).lower()}", "pretrain.probe.every=100")
     search = study.prepare(cfg, tmp_path)
     assert search.study.directions == [optuna.study.StudyDirection.MAXIMIZE] * len(names)
@@ -67,9 +72,14 @@ def test_objective_values_are_read_from_the_run(make_run):
 
 
 def test_bad_objective_lists_are_refused():
-    for names in ([], ["accuracy"], ["mll", "mll"]):
-        with pytest.raises(ObjectiveError, match="search.objectives must be a non-empty list"):
+    for names in ([], ["accuracy"], ["mll", "mll"], ["dev", "dev_em"]):
+        with pytest.raises(ObjectiveError, match=r"search.objectives must be a non-empty list .*'dev', 'dev_em'"):
             objectives.resolve(names)
+
+
+def test_dev_is_the_downstream_metric():
+    assert objectives.resolve(["dev"]) == (DEV_EM,) and objectives.resolve(["dev", "mll"], "f1") == (DEV_F1, MLL)
+    assert objectives.downstream_axis((MLL, DEV_F1)) is DEV_F1 and objectives.downstream_axis((MLL,)) is DEV_EM
 
 
 @pytest.mark.parametrize(("seed", "final", "message"), [

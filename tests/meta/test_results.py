@@ -68,7 +68,7 @@ def test_a_version_one_file_without_schema_still_loads(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda p: p["schema"].update(version=99), "schema 99; this maskpolicy reads versions 1–3: upgrade"),
+    (lambda p: p["schema"].update(version=99), "schema 99; this maskpolicy reads versions 1–4: upgrade"),
     (lambda p: p["schema"].update(command="train"), "unknown command 'train'"),
     (lambda p: p["downstream"].update(dev_exact=1.0), r"results.json.downstream: unknown key\(s\) \['dev_exact'\]"),
     (lambda p: p.pop("seed"), r"missing key\(s\) \['seed'\]"),

@@ -259,3 +259,37 @@ def test_a_bad_general_file_is_named(tiny: Path, tmp_path: Path, content: str | 
 def test_bad_general_knobs(tiny: Path, general_path, size: int) -> None:
     with pytest.raises(TaskError, match="general"):
         SquadTask(path=str(tiny), general_path=general_path).general_corpus(size)
+
+
+def test_question_subjects_split_questions_within_the_articles(sample: SquadTask) -> None:
+    task = SquadTask(path=str(SAMPLE), subject="question")
+    questions = {split: task.qa(split) for split in SPLITS}
+    assert [len(questions[split]) for split in SPLITS] == [405, 203, 202]  # 810 questions at 0.5/0.25/0.25
+    subjects = {split: {q.subject for q in questions[split]} for split in SPLITS}
+    assert sum(map(len, subjects.values())) == 810, "every question is its own subject"
+    contexts = {split: {q.context for q in questions[split]} for split in SPLITS}
+    corpus = {document.text for document in task.corpus()}
+    assert all(contexts[split] <= corpus for split in SPLITS) and len(contexts["test"]) > 40, \
+        "every split asks about paragraphs of the corpus, most paragraphs in every split"
+    assert task.titles() == ("Super_Bowl_50",)
+    # answer spans of one split cover only that split's answers (a policy supervised on train sees no dev answer)
+    def covered(split=None) -> set[tuple[int, int]]:
+        return {(i, c) for i, spans in enumerate(task.answer_spans(split)) for start, end in spans
+                for c in range(start, end)}
+
+    assert covered("train") | covered("dev") | covered("test") == covered()
+    assert covered("train") < covered() and covered("dev") - covered("train")
+    for q in questions["dev"][:50]:
+        document = next(i for i, d in enumerate(task.corpus()) if d.text == q.context)
+        assert {(document, c) for c in range(q.answer_start, q.answer_start + len(q.answer))} <= covered("dev")
+    assert len(task.heldout()) == len({q.context for q in questions["dev"]})
+
+
+def test_several_files_are_one_task_in_file_order(tiny: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"data": [_article("U0", ["Another article names Town99."])]}))
+    task = SquadTask(path=[str(tiny), str(other)], subject="question")
+    assert task.titles() == ("T0", "T1", "T2", "T3", "U0") and task.corpus()[-1].text.endswith("Town99.")
+    assert task.source == f"{tiny}, {other}"
+    with pytest.raises(TaskError, match="path must be a file path or a non-empty list"):
+        SquadTask(path=[])

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from maskpolicy.meta.results.files import write_text
-from maskpolicy.meta.search.objectives import DEV_EM, MLL, OBJECTIVES, Objective, better, pruning_monitor
+from maskpolicy.meta.search.objectives import MLL, OBJECTIVES, Objective, better, downstream_axis, pruning_monitor
 from maskpolicy.meta.search.report import figures, importance
 from maskpolicy.meta.search.report.figures import Curve, Panel, Point
 
@@ -30,7 +30,6 @@ STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialSta
           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
 LEADERBOARD_METRICS = ("dev_em", "dev_f1", "test_em", "test_f1", "mll_nats_per_token", "mll_entities_nats_per_token")
 OTHER_METRIC_LABELS = {"dev_f1": "dev F1", "test_em": "test EM", "test_f1": "test F1"}
-SCATTER = (MLL, DEV_EM)  # x, y: the label-free score against the downstream metric, whatever the objectives
 SECTIONS = {"summary": "Summary", "leaderboard": "Leaderboard", "history": "Optimisation history",
             "importances": "Parameter importances", "mll": "MLL score vs downstream metric",
             "curves": "S_m curves of the best policies", "pareto": "Pareto front",
@@ -61,7 +60,7 @@ def write_report(path: Path, study: optuna.Study, leaderboard: Sequence[Mapping[
         raise ValueError(f"the study's directions {[d.name.lower() for d in study.directions]} are not those of the "
                          f"objectives {[objective.name for objective in objectives]}")
     return write_text(path, _template().render(_context(study, leaderboard, correlation, curves, objectives, title)
-                                                  | {"targeted": _correlation(targeted)}))
+                                                  | {"targeted": _correlation(targeted, objectives)}))
 
 
 def _context(study: optuna.Study, leaderboard: Sequence[Mapping[str, Any]], correlation: Mapping[str, Any] | None,
@@ -79,8 +78,8 @@ def _context(study: optuna.Study, leaderboard: Sequence[Mapping[str, Any]], corr
         "leaderboard": leaderboard, "columns": [(metric, metric_label(metric)) for metric in LEADERBOARD_METRICS],
         "history": _history(study, objectives, colours), "failures": _failures(study),
         "completed": len(_trials(study, TrialState.COMPLETE)), "importances": _importances(study, objectives),
-        "scatter": _scatter(study, objectives, colours), "correlation": _correlation(correlation),
-        "x_label": SCATTER[0].label, "y_label": SCATTER[1].label,
+        "scatter": _scatter(study, objectives, colours), "correlation": _correlation(correlation, objectives),
+        "x_label": MLL.label, "y_label": downstream_axis(objectives).label,
         "curves": _rate_curves(curves, colours), "pareto": _pareto(study, objectives),
         "monitor": pruning_monitor(objectives), "learning_curves": _learning_curves(study, objectives, colours),
     }
@@ -194,8 +193,8 @@ def _importances(study: optuna.Study, objectives: Sequence[Objective]) -> list[d
 
 
 def _scatter(study: optuna.Study, objectives: Sequence[Objective], colours: Mapping[str, str]) -> dict[str, Any]:
-    """The MLL score against dev EM per completed trial, both read from the trial's metrics."""
-    x, y = (objective.metric for objective in SCATTER)
+    """The MLL score against the downstream's dev metric per completed trial, both read from the trial's metrics."""
+    x, y = MLL.metric, downstream_axis(objectives).metric
     trials = [t for t in _trials(study, TrialState.COMPLETE) if _metric(t, x) is not None and _metric(t, y) is not None]
     if not trials:
         return {"png": None, "front": False}
@@ -204,15 +203,15 @@ def _scatter(study: optuna.Study, objectives: Sequence[Objective], colours: Mapp
     front = {trial.number for trial in study.best_trials} if ringed else set()
     points = [Point(_metric(t, x), _metric(t, y), _family(t)) for t in trials]
     ring = [(_metric(t, x), _metric(t, y)) for t in trials if t.number in front]
-    figure = figures.scatter(points, ring, SCATTER[0].label, SCATTER[1].label, colours)
+    figure = figures.scatter(points, ring, MLL.label, downstream_axis(objectives).label, colours)
     return {"png": figures.png_base64(figure), "front": bool(ring)}
 
 
-def _correlation(correlation: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _correlation(correlation: Mapping[str, Any] | None, objectives: Sequence[Objective]) -> dict[str, Any] | None:
     if not correlation:
         return None
-    return dict(correlation) | {"x_label": metric_label(correlation.get("x", SCATTER[0].metric)),
-                                "y_label": metric_label(correlation.get("y", SCATTER[1].metric))}
+    return dict(correlation) | {"x_label": metric_label(correlation.get("x", MLL.metric)),
+                                "y_label": metric_label(correlation.get("y", downstream_axis(objectives).metric))}
 
 
 def _rate_curves(curves: Mapping[str, Mapping[str, Any]], colours: Mapping[str, str]) -> str | None:

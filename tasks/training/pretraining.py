@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from maskpolicy.policies import MaskingPolicy, RateSchedule, mlm_corrupt, sentinel_corrupt, set_rate
 from maskpolicy.tasks.text.encoding import token_batch
+from maskpolicy.tasks.training.heads import masked_lm_loss
 from maskpolicy.tasks.training.optim import adamw_with_warmup
 
 
@@ -118,7 +119,11 @@ class MaskedPretraining(pl.LightningModule):
             set_rate(self.policy, rate)
             self.log("pretrain/rate", rate)
         mask = self.policy.select(token_batch(batch), self.generator)
-        loss = self.model(**self.corruption(batch, mask, self.generator)).loss
+        inputs = self.corruption(batch, mask, self.generator)
+        if self.model.config.is_encoder_decoder:  # seq2seq denoising: the decoder predicts the targets
+            loss = self.model(**inputs).loss
+        else:  # masked LM: the head runs at the labelled positions only (same loss)
+            loss = masked_lm_loss(self.model, **inputs)
         self.tokens_seen += int(batch["attention_mask"].sum())
         self.masked_seen += int(mask.sum())
         self.log("pretrain/loss", loss, prog_bar=True)

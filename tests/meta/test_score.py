@@ -20,7 +20,7 @@ import maskpolicy.conf
 from maskpolicy.meta.commands.score import per_rate_title, run_score
 from maskpolicy.meta.config import ConfigError, build
 from maskpolicy.meta.pipeline import setup
-from maskpolicy.meta.results.schema import ScoreResults, load
+from maskpolicy.meta.results.schema import SCHEMA_VERSION, ScoreResults, load
 from maskpolicy.meta.scoring.estimators import Estimator, FixedRate, MLLError
 from maskpolicy.tasks.base import TaskError
 from maskpolicy.tasks.data.bioworld import BioWorld
@@ -84,7 +84,7 @@ def test_exhaustive_scoring_of_a_tractable_task_is_exact(tmp_path, task):
     assert (tmp_path / "per_rate.png").stat().st_size > 10_000
     written = json.loads((tmp_path / "results.json").read_text())
     assert set(written) == RESULTS_KEYS and written["exact_lml"] == results.exact_lml
-    assert written["schema"] == {"command": "score", "version": 3}
+    assert written["schema"] == {"command": "score", "version": SCHEMA_VERSION}
     assert load(tmp_path, ScoreResults) == dataclasses.replace(results, versions=written["versions"])
 
 

@@ -241,8 +241,9 @@ def test_score_targets_refuses_bad_target_lists_before_any_work(model, tiny_toke
 
 def record_model_inputs(model) -> tuple[list[torch.Tensor], torch.utils.hooks.RemovableHandle]:
     calls: list[torch.Tensor] = []
-    handle = model.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["input_ids"].clone()),
-                                             with_kwargs=True)
+    # the encoder's inputs: the scorer runs the encoder, then the head only at the scored positions
+    handle = model.base_model.register_forward_pre_hook(
+        lambda _, args, kwargs: calls.append(kwargs["input_ids"].clone()), with_kwargs=True)
     return calls, handle
 
 

@@ -19,6 +19,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from maskpolicy.meta.scoring.estimators import MLLError
 from maskpolicy.policies import MaskingPolicy, PolicyError, RateSchedule
@@ -48,8 +49,8 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
     """Instantiates a config node, turning Hydra's deep tracebacks into one clear message."""
     try:
         return hydra.utils.instantiate(node, **kwargs)
-    except InstantiationException as error:
-        cause = error.__cause__ or error
+    except (InstantiationException, InterpolationResolutionError) as error:  # the latter: ${asset:…} not installed
+        cause = error.__cause__ or error.__context__ or error
         if isinstance(cause, PolicyError | TaskError | ConfigError | MLLError):
             raise type(cause)(f"{what}: {cause}") from error
         raise ConfigError(f"could not build the {what} from its config: {cause}") from error

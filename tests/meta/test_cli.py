@@ -48,7 +48,9 @@ def test_one_run_writes_complete_results(tmp_path):
     assert pretrained["tokens"] > 0 and 0 < pretrained["masked_tokens"] < pretrained["tokens"]
     assert all(0.0 <= results["downstream"][k] <= 1.0 for k in ("dev_em", "test_em", "test_f1"))
     assert results["versions"]["torch"] and results["versions"]["maskpolicy"]
-    assert results["schema"] == {"command": "pretrain", "version": 3}
+    assert results["schema"] == {"command": "pretrain", "version": 4}
+    assert (results["downstream"]["name"], results["downstream"]["metric"]) == ("closed_book_qa", "em")
+    assert results["model"]["loading"] is None  # built from a config: no checkpoint to load from
     assert results["downstream"]["test_em"] is not None  # maskpolicy-pretrain scores test; search trials do not
     assert set(results["mll_targets"]) == {"all", "entities"} and results["mll_targets"]["all"] == results["mll"]
     assert results["mll_targets"]["entities"]["target"] == "entities" and results["base"] is None

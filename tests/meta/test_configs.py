@@ -194,3 +194,15 @@ def test_build_policy_takes_the_schedule_out_of_the_policy_config():
 def test_bad_schedules_fail_with_the_fix(overrides, message):
     with pytest.raises((ConfigError, PolicyError), match=message):
         build_policy(compose_with("policy/mixture", *overrides))
+
+
+def test_the_minilm_config_without_its_asset_names_make_real(monkeypatch):
+    import importlib.metadata
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    node = compose_with("model/minilm")
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    with pytest.raises(TaskError, match=r"model/minilm: asset 'minilm' .* not installed.*`make real`.*--no-deps"):
+        build(node, "model/minilm")

@@ -108,7 +108,7 @@ def test_a_ci_run_prints_no_bars_or_library_chatter_and_logs_it_to_the_run_log(t
     assert done.returncode == 0, done.stderr[-3000:]
     shown = done.stdout + done.stderr
     assert not [word for word in CHATTER if word in shown], shown
-    assert "on bioworld: dev EM" in shown  # the run's own summary line stays
+    assert "on bioworld (closed_book_qa): dev EM" in shown  # the run's own summary line stays
     log = (tmp_path / "run" / "pretrain.log").read_text()
     assert "GPU available: False" in log and "`Trainer.fit` stopped" in log
 

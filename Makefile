@@ -29,7 +29,7 @@ $(VENV)/.real: $(VENV)/.installed
 real: $(VENV)/.real
 
 lint: install
-	$(BIN)/ruff check policies tasks meta tests benchmarks hydra_plugins
+	$(BIN)/ruff check policies tasks meta tests benchmarks hydra_plugins api
 
 # pytest exits 5 when it collected no tests; that is a failure here, not a pass.
 # The real assets are installed so that their tests run (without them those tests skip, saying why).

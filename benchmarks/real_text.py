@@ -1,7 +1,7 @@
 """Real models, real text: does intermediate pre-training help, and which masking policy helps most?
 
-On the four real SQuAD articles in ``../shared/data/squad-sample`` (questions split into
-train/dev/test *within* the articles, so the pre-training corpus holds every context), for the
+On real SQuAD articles from ``../shared/data/squad-sample`` (questions split into train/dev/test
+*within* the articles, so the pre-training corpus holds every context), for the
 real MiniLM-L6 encoder (from its base: the new masked-LM head trained on Wikipedia) and for the
 tiny BERT from the Wikipedia base: no intermediate pre-training against intermediate
 pre-training with each policy, the same steps, several seeds. Each run is judged by
@@ -11,8 +11,10 @@ answer tokens given the rest) are put against extractive test F1 by Spearman's r
 
 Every run is a real ``maskpolicy-pretrain`` process (``maskpolicy-learn`` first for the learned
 policy); finished runs are read back, so a killed benchmark resumes. ``--size cpu`` (the
-default) fits 2 CPU cores in about an hour; ``--size full`` is the GPU size (more steps,
-epochs and the full context window). The last line printed is one JSON object.
+default) fits 2 CPU cores in about an hour: the three articles of the SQuAD 2.0 sample (485
+answerable questions, split 0.6/0.2/0.2), short budgets; ``--size full`` is the GPU size: all four
+articles (1,295 questions, 0.5/0.25/0.25), more steps and epochs, the full context window. The
+last line printed is one JSON object.
 
 Run: ``python benchmarks/real_text.py [--models minilm tiny] [--policies none entity ...] [--seeds 0 1 2]
 [--size cpu|full] [--parallel 2] [--root DIR]``.
@@ -44,7 +46,9 @@ POLICIES = {
     "informative": ["policy=informative"],
     "learned": [],   # policy=artifact, trained first by maskpolicy-learn on the QA-train answers
 }
-TASK = ["task=squad", f"task.path=[{','.join(map(str, ARTICLES))}]", "task.subject=question"]
+TASKS = {"cpu": ["task=squad", f"task.path={ARTICLES[1]}", "task.subject=question",
+                 "task.split_fractions=[0.6,0.2,0.2]"],
+         "full": ["task=squad", f"task.path=[{','.join(map(str, ARTICLES))}]", "task.subject=question"]}
 COMMON = ["trainer.enable_progress_bar=false", "logger=[csv]", "score.targets=[all,entities,answers]",
           "pretrain.save_model=true"]
 # Sizes: the model, its base, intermediate pre-training and fine-tuning budgets. cpu: ~1 hour on 2 cores.
@@ -52,13 +56,13 @@ SIZES = {
     "cpu": {
         "minilm": ["model=minilm", "model.max_length=192", "base.enabled=true", "base.corpus=wikipedia",
                    "base.train=head", "base.steps=300", "base.corpus_size=2400", "base.batch_size=16",
-                   "base.learning_rate=1e-3", "pretrain.steps=60", "pretrain.batch_size=16",
-                   "pretrain.learning_rate=1e-4", "finetune.epochs=2", "finetune.batch_size=16",
-                   "finetune.learning_rate=1e-4", "score.max_sequences=64", "score.passes=4"],
+                   "base.learning_rate=1e-3", "pretrain.steps=40", "pretrain.batch_size=8",
+                   "pretrain.learning_rate=1e-4", "finetune.epochs=1", "finetune.batch_size=8",
+                   "finetune.learning_rate=1e-4", "score.max_sequences=48", "score.passes=4"],
         "tiny": ["model=tiny_bert", "model.vocab_size=12000", "base.enabled=true", "base.corpus=wikipedia",
-                 "base.steps=2000", "base.corpus_size=10033", "pretrain.steps=300", "pretrain.batch_size=32",
+                 "base.steps=1500", "base.corpus_size=10033", "pretrain.steps=300", "pretrain.batch_size=32",
                  "finetune.epochs=8", "finetune.batch_size=32", "finetune.learning_rate=5e-4",
-                 "score.max_sequences=64", "score.passes=4"],
+                 "score.max_sequences=48", "score.passes=4"],
     },
     "full": {
         "minilm": ["model=minilm", "model.max_length=384", "base.enabled=true", "base.corpus=wikipedia",
@@ -118,7 +122,7 @@ def main() -> None:
 
 
 def model_overrides(args: argparse.Namespace, model: str) -> list[str]:
-    return [*TASK, *SIZES[args.size][model], *COMMON, *args.override]
+    return [*TASKS[args.size], *SIZES[args.size][model], *COMMON, *args.override]
 
 
 def build_bases(args: argparse.Namespace, root: Path, env: dict) -> None:
@@ -134,7 +138,7 @@ def build_bases(args: argparse.Namespace, root: Path, env: dict) -> None:
 
 def learn_policies(args: argparse.Namespace, root: Path, env: dict) -> None:
     """The learned policy of each (model, seed): direct supervision from the QA-train answers."""
-    jobs = {(model, seed): ([sys.executable, "-m", "maskpolicy.meta.commands.learn", *TASK,
+    jobs = {(model, seed): ([sys.executable, "-m", "maskpolicy.meta.commands.learn", *TASKS[args.size],
                              *[o for o in SIZES[args.size][model] if o.startswith("model")],
                              "learning.method=supervised", f"seed={seed}",
                              f"hydra.run.dir={learned(root, model, seed)}"],
@@ -168,7 +172,8 @@ def closed_book_command(args: argparse.Namespace, root: Path, model: str, policy
         "model=hf_masked_lm", f"model.pretrained={path / 'extractive' / 'pretrained'}",
         f"model.tokenizer={path / 'extractive' / 'pretrained'}", "base.enabled=false"]
     size = [o for o in SIZES[args.size][model] if not (weights and o.startswith(("model", "base")))]
-    return [sys.executable, "-m", "maskpolicy.meta.commands.pretrain", *TASK, *size, *COMMON, *args.override,
+    return [sys.executable, "-m", "maskpolicy.meta.commands.pretrain", *TASKS[args.size], *size, *COMMON,
+            *args.override,
             *weights, "pretrain.steps=0", "score.enabled=false", "downstream=closed_book_qa", f"seed={seed}",
             f"hydra.run.dir={path / 'closed_book'}"]
 

@@ -311,16 +311,32 @@ def finetune(cfg: DictConfig, run: Setup, output_dir: Path, *, test: bool,
     module = run.downstream.module(run.model, run.tokenizer, run.spec.kind, options, cfg.seed)
     best = ModelCheckpoint(output_dir / "checkpoints" / "finetune", monitor=f"dev/{run.downstream.metric}",
                            mode="max", save_top_k=1)
-    trainer = make_trainer(cfg, output_dir, "finetune", max_epochs=cfg.finetune.epochs, callbacks=[best, *callbacks])
+    history = DevHistory()
+    trainer = make_trainer(cfg, output_dir, "finetune", max_epochs=cfg.finetune.epochs,
+                           callbacks=[best, history, *callbacks])
     trainer.fit(module, datamodule=data)
     if test:
         trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)
-    # the best-dev epoch's dev scores, exact rather than the float32 logs
-    trainer.validate(module, datamodule=data, ckpt_path="best", verbose=False)
-    dev, held_out = module.scores["dev"], module.scores.get("test", {})
+    # the best-dev epoch's dev scores, exact rather than the float32 logs (validated again only when not recorded)
+    dev = history.scores.get(_best_epoch(best))
+    if dev is None:
+        trainer.validate(module, datamodule=data, ckpt_path="best", verbose=False)
+        dev = module.scores["dev"]
+    held_out = module.scores.get("test", {})
     return Downstream(dev_em=dev["em"], dev_f1=dev["f1"], best_epoch=_best_epoch(best),
                       test_em=held_out.get("em"), test_f1=held_out.get("f1"), name=run.downstream.name,
                       metric=run.downstream.metric, counts=dict(run.downstream.counts))
+
+
+class DevHistory(pl.Callback):
+    """The exact dev scores after each fine-tuning epoch (not the sanity check's), by epoch."""
+
+    def __init__(self) -> None:
+        self.scores: dict[int, dict[str, float]] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.scores[trainer.current_epoch] = dict(pl_module.scores["dev"])
 
 
 def _best_epoch(checkpoint: ModelCheckpoint) -> int | None:

@@ -12,13 +12,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
+from maskpolicy.meta.learning.policy_state import policy_parts
 from maskpolicy.meta.results.files import write_atomic
 from maskpolicy.policies import FitsCorpus, MaskingPolicy
 from maskpolicy.tasks.text.encoding import pad_rows, token_batch
@@ -42,7 +43,7 @@ def fit_tables(policy: MaskingPolicy, rows: Sequence[dict], pad_token_id: int, c
                ) -> list[TablesRecord]:
     """Fits every policy in ``policy`` (itself, mixture components) that reads corpus tables; ``cache_dir=None``
     builds without caching."""
-    fitted = [part for part in _parts(policy) if isinstance(part, FitsCorpus)]
+    fitted = [part for part in policy_parts(policy) if isinstance(part, FitsCorpus)]
     if not fitted:
         return []
     corpus = token_batch(pad_rows([{key: row[key] for key in ("input_ids", "special", "word_ids")} for row in rows],
@@ -95,9 +96,3 @@ def _corpus_digest(rows: Sequence[dict]) -> str:
 
 def _entries(tables: dict[str, torch.Tensor]) -> int:
     return sum(int(t.numel()) for name, t in tables.items() if name.startswith("keys"))
-
-
-def _parts(policy: MaskingPolicy) -> Iterator[MaskingPolicy]:
-    yield policy
-    for component in getattr(policy, "components", None) or ():
-        yield from _parts(component)

@@ -34,6 +34,28 @@ def test_imports_flow_one_way(room):
     assert not offenders, "\n".join(offenders)
 
 
+def test_the_top_level_package_only_names_things_and_no_room_imports_it():
+    """``maskpolicy`` (api/) re-exports lazily; a room importing it would pull every room into every import."""
+    assert sorted(p.name for p in (ROOT / "api").iterdir() if p.suffix == ".py") == ["__init__.py"]
+    assert {m for m, _ in imported_modules(ROOT / "api" / "__init__.py")} <= {"__future__", "importlib", "typing"}
+    offenders = [f"{path.relative_to(ROOT)} imports {module or 'maskpolicy'}"
+                 for room in ("policies", "tasks", "meta") for path in sorted((ROOT / room).rglob("*.py"))
+                 for module, level in _top_level_imports(path) if level == 0 and module == "maskpolicy"]
+    assert not offenders, "\n".join(offenders)
+
+
+def _top_level_imports(path: Path) -> list[tuple[str, int]]:
+    """Imports of the bare package: ``import maskpolicy`` and ``from maskpolicy import X`` for X not a room."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, 0) for alias in node.names if alias.name == "maskpolicy"]
+        elif isinstance(node, ast.ImportFrom) and node.module == "maskpolicy" and node.level == 0:
+            rooms = {"policies", "tasks", "meta", "conf"}
+            found += [("maskpolicy", 0) for alias in node.names if alias.name not in rooms]
+    return found
+
+
 def test_policies_depend_on_torch_only():
     third_party = {m.split(".")[0] for p in (ROOT / "policies").rglob("*.py") for m, level in imported_modules(p)
                    if level == 0}
@@ -45,7 +67,9 @@ def test_the_root_holds_the_rooms_of_the_design():
     rooms = {p.name for p in ROOT.iterdir() if not p.name.startswith(".") and p.name not in ("build", "dist")}
     rooms -= {p for p in rooms if p.endswith(".egg-info") or p in ("outputs", "multirun")}
     # hydra_plugins: Hydra finds plugins only in that namespace package (the Optuna sweeper)
-    assert rooms <= {"policies", "tasks", "meta", "conf", "tests", "benchmarks", "hydra_plugins", "pyproject.toml",
+    # api: the package `maskpolicy` itself, its top-level names only (see api/__init__.py)
+    assert rooms <= {"policies", "tasks", "meta", "conf", "api", "tests", "benchmarks", "hydra_plugins",
+                     "pyproject.toml",
                      "README.md",
                      "Makefile", "LICENSE", "CONTRIBUTING.md"}, rooms
     assert {"policies", "tasks", "meta", "conf", "tests", "pyproject.toml", "README.md"} <= rooms
@@ -58,6 +82,7 @@ def test_every_package_directory_is_installed():
     found = {"maskpolicy." + ".".join(p.parent.relative_to(ROOT).parts) for room in rooms
              for p in (ROOT / room).rglob("__init__.py")}
     found |= {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "hydra_plugins").rglob("__init__.py")}
+    found |= {"maskpolicy"} if (ROOT / "api" / "__init__.py").exists() else set()
     assert not (ROOT / "hydra_plugins" / "__init__.py").exists(), "hydra_plugins is a namespace package: no __init__"
     assert found == listed, "pyproject.toml [tool.setuptools] packages must list every package: " + str(found ^ listed)
 

@@ -4,7 +4,8 @@ compose config → check space, objectives, sampler, pruner, storage and final s
 (with ``search.n_workers`` processes on one storage; trials are judged on dev only) → re-run
 the best configuration of each family with seeds the search never used and score it on test →
 ``leaderboard.csv``/``.json``, ``report.html``, ``search.json`` and the best policy
-(``best_policy/`` for a trained policy, ``best_policy.yaml`` for a heuristic one).
+(``best_policy/``, a policy folder for any family — ``MaskingCollator.from_pretrained`` reads it — and
+``best_policy.yaml``, its config).
 """
 
 from __future__ import annotations

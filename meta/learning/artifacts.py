@@ -1,10 +1,15 @@
-"""Saved learned policies: a directory with safetensors weights and a JSON card.
+"""Saved policies, every family alike: a directory with a JSON card and, for fitted ones, safetensors.
 
-``policy.safetensors`` holds the scorer's tensors; ``card.json`` says what they are:
-format version, policy class and parameters, feature set, how and on which task the
-policy was trained and how it scored, package versions, and the weights' SHA-256. Loading
-reads JSON and safetensors only (never a pickle), checks the checksum and every
-tensor's name and shape, and says clearly what is wrong with a bad artifact.
+``card.json`` says what the policy is: format and version, the policy's registry name and constructor
+parameters (:mod:`.policy_state`), the feature schema a learned policy reads, the tokenizer a fitted
+policy's corpus tables were built with (their keys are token ids), how and on which task a learned policy
+was trained and how it scored, package versions, and the SHA-256 of every other file. ``policy.safetensors``
+holds the tensors (a learned scorer's weights, pmi / informative tables), absent when there are none;
+``word_counts.json`` the corpus word counts a collator fitted for the ``frequency`` / ``rarity`` features.
+Loading reads JSON and safetensors only (never a pickle), resolves the policy's name through the registry
+(never an import path), checks every checksum and every tensor's name and shape, and says clearly what is
+wrong with a bad artifact. Version 1 (learned policies only: ``policy.class`` and ``weights``) still loads;
+a newer version is refused with a request to upgrade.
 
 Before a loaded policy masks for a task, :func:`check_use` compares the task's entity spans
 with those the policy was trained on: a different source is a warning, none at all (for a
@@ -13,66 +18,110 @@ policy that reads the ``entity`` feature) an error.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
+from maskpolicy.meta.learning.policy_state import TABLES, ArtifactError, decode, encode, feature_names, learned_params
 from maskpolicy.meta.results.files import staged_directory, write_json
 from maskpolicy.meta.results.schema import versions
-from maskpolicy.policies import FEATURE_SIZES, LearnedPolicy, PolicyError, TokenScorer
+from maskpolicy.policies import FEATURE_SIZES, MaskingPolicy
 from maskpolicy.tasks.base import Document, Task
 
 log = logging.getLogger(__name__)
 
 FORMAT = "maskpolicy-policy"
-FORMAT_VERSION = 1
-CARD, WEIGHTS = "card.json", "policy.safetensors"
-POLICY_CLASSES = {"learned": LearnedPolicy}
+FORMAT_VERSION = 2
+CARD, WEIGHTS, WORD_COUNTS = "card.json", "policy.safetensors", "word_counts.json"
+V1_CLASSES = ("learned",)  # version 1 cards name a class; only the learned policy was saved then
+
+__all__ = ["CARD", "FORMAT", "FORMAT_VERSION", "WEIGHTS", "WORD_COUNTS", "ArtifactError", "check_tokenizer",
+           "check_use", "entity_source", "load_policy", "load_word_counts", "policy_params", "read_card",
+           "save_policy", "tagger_settings", "tokenizer_fingerprint"]
+
+policy_params = learned_params  # the earlier name: a learned policy's constructor arguments
 
 
-class ArtifactError(PolicyError):
-    """A policy artifact is missing, damaged, tampered with, or from an incompatible version."""
+def save_policy(policy: MaskingPolicy, path: str | os.PathLike, training: dict[str, Any] | None = None, *,
+                tokenizer: Any = None, collator: dict[str, Any] | None = None,
+                word_counts: Mapping[str, int] | None = None, schedule: dict[str, Any] | None = None) -> Path:
+    """Writes any registered policy's folder whole (a reader sees the old one or the new one, never a mix).
 
-
-def policy_params(policy: LearnedPolicy) -> dict[str, Any]:
-    """The constructor arguments that rebuild ``policy`` around its weights."""
-    encoder = policy.scorer.encoder
-    return {"rate": policy.rate, "features": list(policy.features), "embedding_dim": encoder.input_size,
-            "hidden_size": encoder.hidden_size, "sampling": policy.sampling, "temperature": policy.temperature}
-
-
-def save_policy(policy: LearnedPolicy, path: str | os.PathLike, training: dict[str, Any]) -> Path:
-    """Writes the artifact directory whole (a reader sees the old one or the new one, never a mix).
-
-    ``training`` describes its origin: method, task, evaluation, seed, …
+    ``training`` describes a learned policy's origin (method, task, evaluation, seed, …; default: the training
+    block of the artifact it was loaded from). ``tokenizer``: the tokenizer a fitted policy's tables were built
+    with, recorded by its vocabulary's SHA-256 so a loader can refuse another one. ``collator``: a
+    :class:`~maskpolicy.meta.collator.MaskingCollator`'s settings; ``word_counts``: its fitted word counts.
+    ``schedule``: the rate schedule of the policy's config (recorded; a loaded policy masks at its base rate).
     """
+    node, tensors = encode(policy)
+    if training is None:
+        training = (getattr(policy, "source", None) or {}).get("training")
     with staged_directory(path) as staging:
-        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in policy.scorer.state_dict().items()}
-        save_file(tensors, staging / WEIGHTS)
-        write_json(staging / CARD, _card(policy, _sha256(staging / WEIGHTS), training))
+        files: dict[str, Any] = {}
+        if tensors:
+            save_file(tensors, staging / WEIGHTS)
+            files["tensors"] = {"file": WEIGHTS, "sha256": _sha256(staging / WEIGHTS),
+                                "shapes": {name: list(t.shape) for name, t in sorted(tensors.items())}}
+        if word_counts is not None:
+            write_json(staging / WORD_COUNTS, dict(sorted(word_counts.items())))
+            files["word_counts"] = {"file": WORD_COUNTS, "sha256": _sha256(staging / WORD_COUNTS),
+                                    "words": len(word_counts)}
+        fitted = any(f".{TABLES}." in f".{name}" for name in tensors)  # corpus tables, the policy's or a part's
+        write_json(staging / CARD, {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "policy": node,
+            "feature_sizes": {name: FEATURE_SIZES[name] for name in feature_names(policy)},
+            "tensors": files.get("tensors"),
+            "tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
+            "fitted_tables": fitted,
+            "word_counts": files.get("word_counts"),
+            "collator": collator,
+            "schedule": schedule,
+            "training": training,
+            "versions": versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
     return Path(path)
 
 
-def _card(policy: LearnedPolicy, sha256: str, training: dict[str, Any]) -> dict[str, Any]:
-    """What the weights are: format, policy class and parameters, feature schema, origin, versions."""
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "policy": {"class": "learned", "params": policy_params(policy)},
-        "feature_sizes": {name: FEATURE_SIZES[name] for name in policy.features},
-        "weights": {"file": WEIGHTS, "sha256": sha256},
-        "training": training,
-        "versions": versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
+    """What identifies a tokenizer's ids: its class, name and the SHA-256 of its whole vocabulary (token → id)."""
+    vocabulary = sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))
+    digest = hashlib.sha256(json.dumps(vocabulary, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return {"class": type(tokenizer).__name__, "name_or_path": str(getattr(tokenizer, "name_or_path", "") or ""),
+            "vocab_size": len(vocabulary), "vocab_sha256": digest}
+
+
+def check_tokenizer(card: Mapping[str, Any], tokenizer: Any, path: str | os.PathLike) -> None:
+    """Refuses a tokenizer other than the one a saved policy's corpus tables were built with (their keys hash
+    token ids, so another vocabulary finds no n-gram, or wrong ones)."""
+    if not card.get("fitted_tables"):
+        return
+    saved = card.get("tokenizer")
+    if saved is None:
+        log.warning("%s: the policy's corpus tables do not say which tokenizer built them; if it is not this one, "
+                    "refit them with collator.fit(texts)", path)
+        return
+    now = tokenizer_fingerprint(tokenizer)
+    if now["vocab_sha256"] != saved.get("vocab_sha256"):
+        raise ArtifactError(
+            f"{path}: the policy's corpus tables were built from the token ids of tokenizer "
+            f"{saved.get('name_or_path') or saved.get('class')!r} ({saved.get('vocab_size')} tokens), and this "
+            f"tokenizer {now['name_or_path'] or now['class']!r} ({now['vocab_size']} tokens) has another "
+            "vocabulary: refit the tables on your corpus with collator.fit(texts), or use the tokenizer they were "
+            "built with"
+        )
 
 
 def read_card(path: str | os.PathLike) -> dict[str, Any]:
@@ -81,8 +130,8 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     card_file = path / CARD
     if not card_file.is_file():
         raise ArtifactError(
-            f"no policy artifact at {path}: expected {CARD} and {WEIGHTS} (written by maskpolicy-learn); "
-            "check policy.path"
+            f"no policy artifact at {path}: expected {CARD} and {WEIGHTS} (written by save_policy, "
+            "MaskingCollator.save_pretrained, maskpolicy-learn or maskpolicy-search); check the path"
         )
     try:
         card = json.loads(card_file.read_text())
@@ -94,7 +143,7 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise ArtifactError(
             f"{path} has card format version {version!r}; this maskpolicy reads versions 1–{FORMAT_VERSION}. "
-            "Upgrade maskpolicy to load newer artifacts"
+            "Upgrade maskpolicy (pip install -U maskpolicy) to load artifacts from a newer version"
         )
     return card
 
@@ -104,24 +153,67 @@ def load_policy(
     rate: float | None = None,
     sampling: str | None = None,
     temperature: float | None = None,
-) -> LearnedPolicy:
-    """Rebuilds a saved policy; ``rate``, ``sampling`` and ``temperature`` override the saved ones."""
+    **params: Any,
+) -> MaskingPolicy:
+    """Rebuilds a saved policy of any family; ``rate``, ``sampling``, ``temperature`` and any other constructor
+    parameter given (not None) override the saved ones."""
     path = Path(path)
     card = read_card(path)
-    policy_card = card.get("policy", {})
-    if policy_card.get("class") not in POLICY_CLASSES:
-        raise ArtifactError(f"{path}: unknown policy class {policy_card.get('class')!r}; known: "
-                            f"{', '.join(POLICY_CLASSES)}")
-    params = dict(policy_card.get("params", {}))
+    node, tensors = _v1_contents(path, card) if card["format_version"] == 1 else (card.get("policy") or {},
+                                                                                   _read_tensors(path, card))
     _check_feature_schema(path, card)
-    overrides = {"rate": rate, "sampling": sampling, "temperature": temperature}
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    scorer = TokenScorer(params["features"], params["embedding_dim"], params["hidden_size"])
-    scorer.load_state_dict(_read_weights(path, card, scorer))
-    scorer.eval()
-    policy = POLICY_CLASSES[policy_card["class"]](**params, scorer=scorer)
-    policy.source = {"path": str(path.resolve()), "training": card.get("training", {}), "created": card.get("created")}
+    overrides = {key: value for key, value in {"rate": rate, "sampling": sampling, "temperature": temperature,
+                                               **params}.items() if value is not None}
+    policy = decode(node, tensors, overrides=overrides, where=str(path))
+    source = {"path": str(path.resolve()), "training": card.get("training") or {}, "created": card.get("created")}
+    with contextlib.suppress(AttributeError):  # a policy with __slots__ keeps no source
+        policy.source = source
     return policy
+
+
+def load_word_counts(path: str | os.PathLike, card: Mapping[str, Any]) -> dict[str, int] | None:
+    """The word counts saved with a collator's policy, checked against the card; None when there are none."""
+    entry = card.get("word_counts")
+    if not entry:
+        return None
+    counts_file = _checked_file(Path(path), entry, "word counts")
+    return {str(word): int(count) for word, count in json.loads(counts_file.read_text()).items()}
+
+
+def _v1_contents(path: Path, card: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A version-1 card's policy node and tensors (a learned scorer's weights, named without a prefix)."""
+    policy_card = card.get("policy") or {}
+    if policy_card.get("class") not in V1_CLASSES:
+        raise ArtifactError(f"{path}: unknown policy class {policy_card.get('class')!r}; known: "
+                            f"{', '.join(V1_CLASSES)}")
+    weights = _checked_file(path, card.get("weights") or {"file": WEIGHTS}, "weights")
+    tensors = _safetensors(weights)
+    return {"name": policy_card["class"], "params": dict(policy_card.get("params") or {})}, {
+        f"scorer.{name}": tensor for name, tensor in tensors.items()}
+
+
+def _read_tensors(path: Path, card: dict[str, Any]) -> dict[str, Tensor]:
+    entry = card.get("tensors")
+    return _safetensors(_checked_file(path, entry, "tensor")) if entry else {}
+
+
+def _checked_file(path: Path, entry: Mapping[str, Any], what: str) -> Path:
+    file = path / str(entry.get("file", WEIGHTS))
+    if not file.is_file():
+        raise ArtifactError(f"{path}: the {what} file {file.name} is missing")
+    if _sha256(file) != entry.get("sha256"):
+        raise ArtifactError(
+            f"{file} does not match the checksum in {CARD}: the file was modified or truncated after saving; "
+            "re-save the policy or restore the original file"
+        )
+    return file
+
+
+def _safetensors(file: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError) as error:
+        raise ArtifactError(f"{file} is not a readable safetensors file ({error})") from error
 
 
 def entity_source(task: Task, corpus: Sequence[Document] | None = None) -> dict[str, Any]:
@@ -132,12 +224,12 @@ def entity_source(task: Task, corpus: Sequence[Document] | None = None) -> dict[
     """
     tagger = getattr(task, "tagger", None)
     if tagger is not None:
-        return {"kind": "tagger", "class": type(tagger).__name__, "config": _settings(tagger)}
+        return {"kind": "tagger", "class": type(tagger).__name__, "config": tagger_settings(tagger)}
     documents = task.corpus() if corpus is None else corpus
     return {"kind": "gold"} if any(document.entities for document in documents) else {"kind": "none"}
 
 
-def _settings(tagger: object) -> dict[str, Any]:
+def tagger_settings(tagger: object) -> dict[str, Any]:
     """The tagger's public attributes that JSON can hold (its settings; a loaded model is left out)."""
     settings = {}
     for name, value in vars(tagger).items():
@@ -202,27 +294,6 @@ def _check_feature_schema(path: Path, card: dict[str, Any]) -> None:
                 f"{path} was trained with feature {name!r} of size {size}, but in this maskpolicy it {now}; "
                 "the feature schema changed (maskpolicy.policies.features): re-train the policy"
             )
-
-
-def _read_weights(path: Path, card: dict[str, Any], scorer: TokenScorer) -> dict:
-    weights = path / card.get("weights", {}).get("file", WEIGHTS)
-    if not weights.is_file():
-        raise ArtifactError(f"{path}: the weights file {weights.name} is missing")
-    if _sha256(weights) != card.get("weights", {}).get("sha256"):
-        raise ArtifactError(
-            f"{weights} does not match the checksum in {CARD}: the file was modified or truncated after saving; "
-            "re-save the policy or restore the original file"
-        )
-    try:
-        tensors = load_file(weights)
-    except (SafetensorError, OSError) as error:
-        raise ArtifactError(f"{weights} is not a readable safetensors file ({error})") from error
-    expected = {name: tuple(t.shape) for name, t in scorer.state_dict().items()}
-    found = {name: tuple(t.shape) for name, t in tensors.items()}
-    if expected != found:
-        wrong = sorted(set(expected) ^ set(found)) or sorted(n for n in expected if expected[n] != found[n])
-        raise ArtifactError(f"{weights} does not fit the card's policy parameters (mismatched tensors: {wrong})")
-    return tensors
 
 
 def _sha256(path: Path) -> str:

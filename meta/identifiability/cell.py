@@ -1,15 +1,16 @@
-"""One model × one task of the identifiability experiment: train the restarts, read them off, judge."""
+"""One model × one task × one predictor start of the identifiability experiment: train, read off, judge; summaries."""
 
 from __future__ import annotations
 
 import logging
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
-from maskpolicy.meta.identifiability.claims import claim_for, conditions_hold
+from maskpolicy.meta.identifiability.claims import STATIONARY, claim_for, conditions_hold
 from maskpolicy.meta.identifiability.recovery import (
     IDENTIFIED,
     INCONCLUSIVE,
@@ -20,7 +21,7 @@ from maskpolicy.meta.identifiability.recovery import (
     verdict,
 )
 from maskpolicy.meta.identifiability.training import fit_restarts
-from maskpolicy.meta.results.schema import IdentifyCell, RestartRecord
+from maskpolicy.meta.results.schema import IdentifyCell, IdentifySummary, RestartRecord
 from maskpolicy.tasks.tractable.hmm_models import HMM
 from maskpolicy.tasks.tractable.masked_hmm import MaskedPredictionTask, masked_prediction_data, masked_prediction_loss
 
@@ -36,26 +37,30 @@ class Settings:
     restarts: int
     adam_steps: int
     lr: float
-    lbfgs_steps: int
-    stationary_start: bool
+    lbfgs_iterations: int
     loss_tolerance: float
     recovery_tolerance: float
+    heldout_rows: int
     seed: int
 
 
-def measure_cell(model_name: str, model: HMM, task: MaskedPredictionTask, settings: Settings) -> IdentifyCell:
+def measure_cell(model_name: str, model: HMM, task: MaskedPredictionTask, settings: Settings,
+                 start: str = STATIONARY, model_seed: int | None = None) -> IdentifyCell:
     """Trains ``settings.restarts`` predictors of ``task`` on ``model``'s data and judges whether they identify it.
 
     On population data a restart at the optimum must recover the true parameters; on samples
-    the optimum is not the truth, so it must agree with the best restart instead.
+    the optimum is not the truth, so it must agree with the best restart instead. The held-out
+    check scores every restart on fresh rows with exact targets: a restart at the optimum of its
+    training rows that is not at the optimum there was fitted to too few rows.
     """
     started = time.perf_counter()
     data = masked_prediction_data(model, task, settings.data, settings.n_samples,
                                   torch.Generator().manual_seed(settings.seed))
-    fit = fit_restarts(model, task, data, settings.restarts, settings.adam_steps, settings.lr, settings.lbfgs_steps,
-                       torch.Generator().manual_seed(settings.seed + 1), settings.stationary_start)
+    fit = fit_restarts(model, task, data, settings.restarts, settings.adam_steps, settings.lr,
+                       settings.lbfgs_iterations, torch.Generator().manual_seed(settings.seed + 1), start == STATIONARY)
     with torch.no_grad():
         optimum = min(float(masked_prediction_loss(model.parameters(), task, data)[0]), float(fit.losses.min()))
+        heldout = _heldout_excess(model, task, settings, fit.predictor)
     params = fit.predictor()
     excess = [float(loss) - optimum for loss in fit.losses]
     reached = [value <= settings.loss_tolerance for value in excess]
@@ -65,7 +70,8 @@ def measure_cell(model_name: str, model: HMM, task: MaskedPredictionTask, settin
     judged = against_truth if settings.data == "population" else against_best
     cell_verdict = verdict(reached, [r.error for r in judged], settings.recovery_tolerance)
     at_optimum = [r.error for r, ok in zip(against_truth, reached, strict=True) if ok]
-    claim = claim_for(model.kind, task)
+    heldout_at_optimum = [h for h, ok in zip(heldout, reached, strict=True) if ok and h is not None]
+    claim = claim_for(model.kind, task, start)
     holds = None if claim is None else conditions_hold(claim, model.conditions())
     agrees = None if claim is None or not holds or cell_verdict == INCONCLUSIVE else (
         claim.identifiable == (cell_verdict == IDENTIFIED))
@@ -75,19 +81,56 @@ def measure_cell(model_name: str, model: HMM, task: MaskedPredictionTask, settin
         error_std=statistics.pstdev(at_optimum) if at_optimum else None,
         error_max=max(at_optimum) if at_optimum else None, optimal_loss=optimum,
         seconds=round(time.perf_counter() - started, 2),
-        restarts=[_restart(loss, gap, ok, truth, other) for loss, gap, ok, truth, other in
-                  zip(fit.losses.tolist(), excess, reached, against_truth, against_best, strict=True)],
+        restarts=[_restart(loss, gap, ok, truth, other, out) for loss, gap, ok, truth, other, out in
+                  zip(fit.losses.tolist(), excess, reached, against_truth, against_best, heldout, strict=True)],
         paper_statement=None if claim is None else claim.statement,
         paper_says_identifiable=None if claim is None else claim.identifiable, conditions_hold=holds,
-        agrees_with_paper=agrees)
-    log.info("%s HMM, task %s (%s): %s — %d/%d restarts at the optimum, recovery error %s%s", model_name, task.name,
-             task.label, cell_verdict, cell.reached, settings.restarts,
+        agrees_with_paper=agrees, seed=model_seed, start=start,
+        paper_source=None if claim is None else claim.source.label,
+        paper_number=None if claim is None else claim.source.number,
+        paper_basis=None if claim is None else claim.basis,
+        paper_verified=None if claim is None else claim.verified,
+        heldout_excess_max=max(heldout_at_optimum) if heldout_at_optimum else None)
+    log.info("%s HMM (seed %s, %s start), task %s (%s): %s — %d/%d restarts at the optimum, recovery error %s%s",
+             model_name, model_seed, start, task.name, task.label, cell_verdict, cell.reached, settings.restarts,
              "n/a" if not at_optimum else f"{cell.error_mean:.2e} ± {cell.error_std:.2e} (max {cell.error_max:.2e})",
              "" if agrees is None else f"; {'agrees' if agrees else 'DISAGREES'} with the paper")
     return cell
 
 
-def _restart(loss: float, excess: float, reached: bool, truth: Recovery, best: Recovery) -> RestartRecord:
+def _heldout_excess(model: HMM, task: MaskedPredictionTask, settings: Settings, predictor) -> list[float | None]:
+    """Each restart's loss minus the truth's on ``heldout_rows`` fresh rows with exact targets (None: nothing to hold
+    out — a discrete model's training data is then its exact population)."""
+    if settings.heldout_rows == 0 or (model.kind == "discrete" and settings.data == "population"):
+        return [None] * settings.restarts
+    fresh = masked_prediction_data(model, task, "population", settings.heldout_rows,
+                                   torch.Generator().manual_seed(settings.seed + 2))
+    truth = float(masked_prediction_loss(model.parameters(), task, fresh)[0])
+    return [float(loss) - truth for loss in masked_prediction_loss(predictor(), task, fresh)]
+
+
+def _restart(loss: float, excess: float, reached: bool, truth: Recovery, best: Recovery,
+             heldout: float | None) -> RestartRecord:
     return RestartRecord(loss=loss, excess_loss=excess, reached_optimum=reached, initial_error=truth.initial_error,
                          transition_error=truth.transition_error, emission_error=truth.emission_error,
-                         error=truth.error, disagreement=best.error)
+                         error=truth.error, disagreement=best.error, heldout_excess_loss=heldout)
+
+
+def summarise(cells: list[IdentifyCell]) -> list[IdentifySummary]:
+    """Per model family × task × start, over its seeds: the verdicts' counts and how many agree with the paper."""
+    groups: dict[tuple[str, str, str | None], list[IdentifyCell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.model, cell.task, cell.start), []).append(cell)
+    summaries = []
+    for (model, task, start), group in groups.items():
+        first = next((cell for cell in group if cell.paper_says_identifiable is not None), group[0])
+        label = None if first.paper_basis is None else (
+            f"{first.paper_number or 'unnumbered, recalled'}" if first.paper_basis == "stated" else first.paper_basis)
+        summaries.append(IdentifySummary(
+            model=model, task=task, patterns=group[0].patterns, start=start or STATIONARY, models=len(group),
+            verdicts=dict(Counter(cell.verdict for cell in group)), reached=[cell.reached for cell in group],
+            paper_says_identifiable=first.paper_says_identifiable, paper_label=label,
+            applies=sum(bool(cell.conditions_hold) for cell in group),
+            agree=sum(cell.agrees_with_paper is True for cell in group),
+            disagree=sum(cell.agrees_with_paper is False for cell in group)))
+    return summaries

@@ -5,32 +5,53 @@ from __future__ import annotations
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from maskpolicy.meta.identifiability.recovery import IDENTIFIED
 from maskpolicy.meta.results.schema import IdentifyResults
 
 ERROR_FLOOR = 1e-12   # errors below float64 rounding are drawn here on the log axis
+SEED_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
 def recovery_figure(results: IdentifyResults) -> Figure:
-    """Per model, each task's recovery error of every restart (filled: reached the optimum; hollow: did not)."""
+    """One panel per predictor start × model family: each task's recovery error of every restart of every seed.
+
+    Filled: the restart reached the optimum (only those are judged); hollow: it did not. Seeds
+    sit side by side within a task, one colour each; a tick says how many seeds' models the task
+    identified.
+    """
     models = list(dict.fromkeys(cell.model for cell in results.cells))
-    figure = Figure(figsize=(6.4 * len(models), 4.4), dpi=110)
+    starts = list(dict.fromkeys(cell.start for cell in results.cells))
+    tasks = list(dict.fromkeys(cell.task for cell in results.cells))
+    seeds = list(dict.fromkeys(cell.seed for cell in results.cells))
+    figure = Figure(figsize=(max(6.4, 1.0 * len(tasks) + 1.5) * len(models), 4.6 * len(starts)), dpi=100)
     FigureCanvasAgg(figure)  # a canvas of its own: no pyplot state, no display needed
-    axes = figure.subplots(1, len(models), squeeze=False)[0]
-    for axis, model in zip(axes, models, strict=True):
-        cells = [cell for cell in results.cells if cell.model == model]
-        for x, cell in enumerate(cells):
-            for restart in cell.restarts:
-                axis.scatter(x, max(restart.error, ERROR_FLOOR), s=28, edgecolors="tab:blue",
-                             facecolors="tab:blue" if restart.reached_optimum else "none", alpha=0.8)
-        axis.axhline(results.recovery_tolerance, color="tab:red", linestyle="--",
-                     label=f"recovery tolerance {results.recovery_tolerance:g}")
-        axis.scatter([], [], color="tab:blue", label="restart at the optimum")
-        axis.scatter([], [], facecolors="none", edgecolors="tab:blue", label="restart short of it")
-        axis.set_xticks(range(len(cells)), [f"{cell.patterns}\n{cell.verdict}" for cell in cells], fontsize=7,
-                        rotation=20)
-        axis.set_yscale("log")
-        axis.set_ylabel("recovery error (max |Δ| of transition, emission)")
-        axis.set_title(f"{model} HMM ({results.data} data, {results.restarts} restarts)")
-        axis.legend(fontsize=7)
+    axes = figure.subplots(len(starts), len(models), squeeze=False)
+    width = 0.7 / max(len(seeds), 1)
+    for row, start in enumerate(starts):
+        for column, model in enumerate(models):
+            axis = axes[row][column]
+            labels = []
+            for x, task in enumerate(tasks):
+                cells = [c for c in results.cells if c.model == model and c.start == start and c.task == task]
+                for cell in cells:
+                    offset = (seeds.index(cell.seed) - (len(seeds) - 1) / 2) * width
+                    colour = SEED_COLOURS[seeds.index(cell.seed) % len(SEED_COLOURS)]
+                    for restart in cell.restarts:
+                        axis.scatter(x + offset, max(restart.error, ERROR_FLOOR), s=22, edgecolors=colour,
+                                     facecolors=colour if restart.reached_optimum else "none", alpha=0.85)
+                identified = sum(c.verdict == IDENTIFIED for c in cells)
+                labels.append(f"{cells[0].patterns if cells else task}\n{identified}/{len(cells)} identified")
+            axis.axhline(results.recovery_tolerance, color="tab:red", linestyle="--",
+                         label=f"recovery tolerance {results.recovery_tolerance:g}")
+            for seed in seeds:
+                axis.scatter([], [], color=SEED_COLOURS[seeds.index(seed) % len(SEED_COLOURS)],
+                             label=f"seed {seed}: at the optimum")
+            axis.scatter([], [], facecolors="none", edgecolors="grey", label="hollow: short of the optimum")
+            axis.set_xticks(range(len(tasks)), labels, fontsize=6.5, rotation=25, ha="right")
+            axis.set_yscale("log")
+            axis.set_ylabel("recovery error (max |Δ| of transition, emission)", fontsize=8)
+            axis.set_title(f"{model} HMM, {start} start ({results.data} data, {results.restarts} restarts/seed)",
+                           fontsize=9)
+            axis.legend(fontsize=6, loc="lower left")
     figure.tight_layout()
     return figure

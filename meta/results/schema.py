@@ -283,6 +283,7 @@ class RestartRecord:
     emission_error: float        # … of the emission rows (discrete) or means (Gaussian)
     error: float                 # max(transition_error, emission_error)
     disagreement: float          # the same error against the best restart's parameters instead of the truth
+    heldout_excess_loss: float | None = None   # loss − the truth's on fresh rows (exact targets): fits beyond its data?
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,31 @@ class IdentifyCell:
     paper_says_identifiable: bool | None = None
     conditions_hold: bool | None = None
     agrees_with_paper: bool | None = None   # None: no statement, conditions unmet, or inconclusive
+    seed: int | None = None                 # the model's seed (models are drawn at every seed of identify.seeds)
+    start: str | None = None                # the predictor's start: stationary (the paper's class) | free
+    paper_source: str | None = None         # version, number and how the statement reached us
+    paper_number: str | None = None         # its number in that version (None: unnumbered)
+    paper_basis: str | None = None          # stated | follows from <number> (a consequence of ours)
+    paper_verified: bool | None = None      # whether the statement's wording was read from the paper
+    heldout_excess_max: float | None = None  # the largest held-out excess loss of the restarts at the optimum
+
+
+@dataclass(frozen=True)
+class IdentifySummary:
+    """One task on one model family with one start, over the family's seeds: how many models give each verdict."""
+
+    model: str
+    task: str
+    patterns: str
+    start: str
+    models: int                  # seeds measured
+    verdicts: dict[str, int]     # verdict → number of models
+    reached: list[int]           # restarts at the optimum, per model (in seed order)
+    paper_says_identifiable: bool | None = None
+    paper_label: str | None = None          # e.g. "Theorem 4 (stated)", "follows from Theorem 4"
+    applies: int = 0             # models whose conditions the statement's are
+    agree: int = 0               # … of which the verdict agrees with it
+    disagree: int = 0
 
 
 @dataclass(frozen=True)
@@ -323,6 +349,12 @@ class IdentifyResults:
     seed: int
     wall_seconds: float
     versions: dict[str, str | None] = field(default_factory=versions)
+    seeds: list[int] = field(default_factory=list)      # every model family drawn at each
+    starts: list[str] = field(default_factory=list)     # predictor starts measured (stationary | free)
+    length: int | None = None                           # positions per sequence
+    heldout_rows: int | None = None                     # fresh rows of the held-out check
+    summary: list[IdentifySummary] = field(default_factory=list)
+    paper_search: str | None = None                     # where the paper's text was looked for
 
 
 RECORDS: dict[str, type] = {record.command: record

@@ -11,12 +11,14 @@ restart dimension, the form both these models and the trained predictors share.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,6 +28,7 @@ from maskpolicy.tasks.tractable.hmm import dirichlet_rows
 ROW_SUM_TOLERANCE = 1e-6
 SINKHORN_STEPS = 200
 STATIONARY_SQUARINGS = 40
+STATIONARY_AGREEMENT = 1e-16   # rows of T^(2^n) this close: the power has converged
 WELL_CONDITIONED = 1e-2    # σ_min / σ_max below which a matrix counts as rank-deficient at float64 training precision
 
 # -- parameters, batched over restarts -------------------------------------------------
@@ -52,13 +55,15 @@ class HMMParameters:
     def log_likelihoods(self, values: Tensor) -> Tensor:
         """``log p(x_t | h_t = k)`` for every row and position, ``[R, N, L, K]``.
 
-        ``values`` ``Long[N, L]`` (discrete) or ``Float[N, L, d]`` (Gaussian; constants that
-        cancel in every posterior are dropped).
+        ``values`` ``Long[N, L]`` (discrete) or ``Float[N, L, d]`` (Gaussian: ``(x·mu_k − ‖mu_k‖²/2) / s²``;
+        the terms that do not depend on the state, ``−‖x‖²/2s²`` and the normaliser, cancel in every
+        posterior and are dropped).
         """
         if self.kind == "discrete":
             return self.emission[:, :, values].permute(0, 2, 3, 1)
-        squared = (values[None, :, :, None, :] - self.emission[:, None, None, :, :]).pow(2).sum(-1)
-        return -squared / (2 * self.noise_std**2)
+        means = self.emission[:, None, None, :, :]                              # [R, 1, 1, K, d]
+        # broadcast sums, not a matmul (BLAS rounding can change with memory alignment)
+        return ((values[None, :, :, None, :] * means).sum(-1) - 0.5 * means.pow(2).sum(-1)) / self.noise_std**2
 
 
 # -- the generating models --------------------------------------------------------------
@@ -86,6 +91,16 @@ class _HMM:
     @property
     def n_states(self) -> int:
         return self.transition.shape[0]
+
+    @property
+    def stationary_start(self) -> bool:
+        """Whether the chain starts from its stationary distribution (the data are stationary)."""
+        return bool(torch.allclose(self.initial, stationary_distribution(self.transition), atol=1e-9))
+
+    def _chain_conditions(self) -> dict[str, bool]:
+        """Facts about the chain some statements assume (see :func:`other_square_roots`)."""
+        return {"stationary start": self.stationary_start,
+                "T² has another stochastic square root": bool(other_square_roots(self.transition))}
 
     def _parameters(self, emission: Tensor, noise_std: float = 1.0) -> HMMParameters:
         return HMMParameters(self.kind, self.initial.log()[None], self.transition.log()[None], emission[None],
@@ -140,7 +155,7 @@ class DiscreteHMM(_HMM):
     def conditions(self) -> dict[str, bool]:
         """The paper's generic conditions, checked on these parameters."""
         return {"K <= V": self.n_states <= self.n_symbols, "emission full column rank": full_rank(self.emission),
-                "transition full rank": full_rank(self.transition)}
+                "transition full rank": full_rank(self.transition), **self._chain_conditions()}
 
 
 class GaussianHMM(_HMM):
@@ -180,45 +195,52 @@ class GaussianHMM(_HMM):
 
     def conditions(self) -> dict[str, bool]:
         return {"K <= d": self.n_states <= self.dim, "means linearly independent": full_rank(self.means),
-                "transition full rank": full_rank(self.transition)}
+                "transition full rank": full_rank(self.transition), **self._chain_conditions()}
 
 
 def random_discrete_hmm(n_states: int = 3, n_symbols: int = 4, seed: int = 0, concentration: float = 0.5,
-                        stickiness: float = 0.5) -> DiscreteHMM:
+                        stickiness: float = 0.5, balanced: bool = True) -> DiscreteHMM:
     """Emission rows from a symmetric Dirichlet (floored, as :class:`HMMTask` draws them).
 
-    The transition is :func:`sticky_transition`'s; the start is stationary (uniform).
+    The transition is :func:`sticky_transition`'s; the start is its stationary distribution
+    (uniform when ``balanced``).
     """
     check_size("n_symbols", n_symbols, 2)
     generator = torch.Generator().manual_seed(_seed(seed))
-    transition = sticky_transition(n_states, stickiness, concentration, generator)
+    transition = sticky_transition(n_states, stickiness, concentration, generator, balanced)
     return DiscreteHMM(transition, dirichlet_rows(n_states, n_symbols, concentration, generator))
 
 
 def random_gaussian_hmm(n_states: int = 3, dim: int = 3, seed: int = 0, concentration: float = 0.5,
-                        stickiness: float = 0.5, separation: float = 2.0, noise_std: float = 1.0) -> GaussianHMM:
+                        stickiness: float = 0.5, separation: float = 2.0, noise_std: float = 1.0,
+                        balanced: bool = True) -> GaussianHMM:
     """Means drawn ``N(0, separation² I)``; see :func:`sticky_transition`."""
     check_size("dim", dim, 1)
     generator = torch.Generator().manual_seed(_seed(seed))
-    transition = sticky_transition(n_states, stickiness, concentration, generator)
+    transition = sticky_transition(n_states, stickiness, concentration, generator, balanced)
     means = separation * torch.randn(n_states, dim, generator=generator, dtype=torch.float64)
     return GaussianHMM(transition, means, noise_std)
 
 
-def sticky_transition(n_states: int, stickiness: float, concentration: float, generator: torch.Generator) -> Tensor:
-    """``stickiness · I + (1 − stickiness) · D``, ``Float64[K, K]``, D doubly stochastic.
+def sticky_transition(n_states: int, stickiness: float, concentration: float, generator: torch.Generator,
+                      balanced: bool = True) -> Tensor:
+    """``stickiness · I + (1 − stickiness) · D``, ``Float64[K, K]``, D Dirichlet rows.
 
-    D is Dirichlet rows balanced by Sinkhorn's iteration, so the stationary distribution is
-    uniform (no state so rare that its parameters are barely constrained). Pure Dirichlet rows
-    are often nearly singular (two similar rows), which leaves the masked loss almost flat
-    along wrong parameters; the sticky part keeps the transition well conditioned.
+    ``balanced``: D is made doubly stochastic by Sinkhorn's iteration, so the stationary
+    distribution is uniform (no state so rare that its parameters are barely constrained);
+    otherwise D's rows are left as drawn — a general transition with a non-uniform stationary
+    distribution. Pure Dirichlet rows are often nearly singular (two similar rows), which leaves
+    the masked loss almost flat along wrong parameters; the sticky part keeps the transition well
+    conditioned.
     """
     check_size("n_states", n_states, 1)
     if not isinstance(stickiness, Real) or not 0 <= stickiness < 1:
         raise TaskError(f"stickiness must be a number in [0, 1) (the weight of staying in a state), "
                         f"got {stickiness!r}")
+    if not isinstance(balanced, bool):
+        raise TaskError(f"balanced must be true or false, got {balanced!r}")
     rows = dirichlet_rows(n_states, n_states, _concentration(concentration), generator)
-    for _ in range(SINKHORN_STEPS):
+    for _ in range(SINKHORN_STEPS if balanced else 0):
         rows = rows / rows.sum(0, keepdim=True)
         rows = rows / rows.sum(1, keepdim=True)
     return stickiness * torch.eye(n_states, dtype=torch.float64) + (1 - stickiness) * rows
@@ -235,28 +257,91 @@ def full_rank(matrix: Tensor) -> bool:
     return len(singular) >= rows and bool(singular[rows - 1] >= WELL_CONDITIONED * singular[0])
 
 
-def stationary_distribution(transition: Tensor) -> Tensor:
-    """The stationary distribution of ``[..., K, K]`` transitions, ``[..., K]``: a row of ``T^(2^40)``.
+def other_square_roots(transition: Tensor, tolerance: float = 1e-9) -> list[Tensor]:
+    """The stochastic matrices other than ``transition`` whose square is ``transition²``, ``[K, K]`` each.
 
-    Repeated squaring converges for an ergodic chain whose spectral gap is ≳ 1e-11, is
-    differentiable (a predictor can tie its start to its own transition), and uses broadcast
-    sums rather than LAPACK or BLAS, whose rounding can change from run to run with memory
-    alignment — which training then amplifies; this keeps a fixed seed's result bit for bit.
+    Claim 1 of the paper (NeurIPS numbering): distinct stochastic transitions can share a matrix
+    power, so the two-step transition — all that ``x1 → x3`` sees of the chain — need not fix the
+    one-step one. Found by flipping the signs of the square roots of ``T²``'s eigenvalues (a
+    complex-conjugate pair together, so the result stays real) and keeping the results that are
+    stochastic (rows summing to 1, entries ≥ −``tolerance``, clipped at 0). Complete when ``T``
+    is diagonalisable with eigenvalues of distinct squares (the generic case; otherwise ``T²`` has
+    a continuum of square roots and this lists only some). A check of a model, not a training step:
+    it may use LAPACK.
+    """
+    matrix = transition.detach().numpy()
+    values, vectors = np.linalg.eig(matrix)
+    inverse = np.linalg.inv(vectors)
+    groups: list[list[int]] = []
+    for i, value in enumerate(values):
+        if value.imag < -tolerance:
+            continue   # flipped with its conjugate
+        partner = [j for j, other in enumerate(values) if j != i and value.imag > tolerance
+                   and abs(other - value.conjugate()) <= tolerance]
+        groups.append([i, *partner[:1]])
+    roots = []
+    for signs in itertools.product((1.0, -1.0), repeat=len(groups)):
+        if all(sign == 1.0 for sign in signs):
+            continue
+        flipped = values.copy()
+        for sign, group in zip(signs, groups, strict=True):
+            flipped[group] = sign * values[group]
+        root = (vectors * flipped) @ inverse
+        if np.abs(root.imag).max() > tolerance:
+            continue
+        root = root.real
+        if root.min() < -tolerance or np.abs(root.sum(1) - 1).max() > tolerance:
+            continue
+        roots.append(torch.as_tensor(np.clip(root, 0.0, None), dtype=torch.float64))
+    return roots
+
+
+def stationary_distribution(transition: Tensor) -> Tensor:
+    """The stationary distribution of ``[..., K, K]`` transitions, ``[..., K]``: a row of ``T^(2^n)``.
+
+    Squares until every row of the power agrees to ``STATIONARY_AGREEMENT`` (one more squaring would
+    change nothing but rounding), at most ``STATIONARY_SQUARINGS`` times: converges for an ergodic
+    chain whose spectral gap is ≳ 1e-11, is differentiable (a predictor can tie its start to its
+    own transition), and uses broadcast sums rather than LAPACK or BLAS, whose rounding can change
+    from run to run with memory alignment — which training then amplifies; this keeps a fixed
+    seed's result bit for bit. Stopping early keeps the cost near ``log2(log ε / log |λ₂|)``
+    squarings instead of the worst case.
     """
     for _ in range(STATIONARY_SQUARINGS):
         transition = (transition[..., :, :, None] * transition[..., None, :, :]).sum(-2)
         transition = transition / transition.sum(-1, keepdim=True)
+        if float((transition - transition[..., :1, :]).detach().abs().max()) <= STATIONARY_AGREEMENT:
+            break
     return transition[..., 0, :]
 
 
 def _check_ergodic(transition: Tensor) -> None:
-    """A chain is ergodic (irreducible and aperiodic) iff ``T^n > 0`` for ``n = (K−1)² + 1`` (Wielandt)."""
+    """An ergodic chain (irreducible and aperiodic) has one stationary distribution, positive, that ``T^n`` reaches.
+
+    Ergodic iff ``T^n > 0`` for ``n = (K−1)² + 1`` (Wielandt). Otherwise the error says why: several
+    closed classes (the stationary distribution is not unique), transient states (it is zero there,
+    and the predictor works in log space), or a period (``T^n`` never converges).
+    """
     k = transition.shape[0]
-    reach = torch.linalg.matrix_power((transition > 0).double(), (k - 1) ** 2 + 1)
-    if not (reach > 0).all():
-        raise TaskError("the transition matrix is not ergodic (irreducible and aperiodic): some state cannot reach "
-                        "another, or the chain cycles with a period; the stationary distribution the tasks assume is "
-                        "then not unique. Give every state a path to every other and a self-loop somewhere")
+    step = (transition > 0).double()
+    if (torch.linalg.matrix_power(step, (k - 1) ** 2 + 1) > 0).all():
+        return
+    reach = torch.linalg.matrix_power(step + torch.eye(k, dtype=torch.float64), max(k - 1, 1)) > 0
+    same_class = reach & reach.T
+    closed = {tuple(same_class[i].nonzero().flatten().tolist()) for i in range(k)
+              if bool((reach[i] <= same_class[i]).all())}
+    if len(closed) > 1:
+        raise TaskError(f"the transition matrix has {len(closed)} closed classes of states "
+                        f"({', '.join(str(list(c)) for c in sorted(closed))}): its stationary distribution is not "
+                        "unique (every mixture of the classes' own is stationary), so neither the data's start nor "
+                        "a stationary predictor is defined. Connect the classes (give every state a path to every "
+                        "other)")
+    if len(next(iter(closed))) < k:
+        raise TaskError("the transition matrix has transient states (states the chain leaves for good): its "
+                        "stationary distribution is zero there, which the log-space predictor cannot represent. "
+                        "Give every state a path back from every other")
+    raise TaskError("the transition matrix is periodic (irreducible, but the chain cycles with a period): T^n never "
+                    "converges, so the chain never forgets its start. Give some state a self-loop")
 
 
 def _stochastic(matrix: Tensor | Sequence, what: str) -> Tensor:

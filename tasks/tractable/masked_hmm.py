@@ -114,64 +114,111 @@ def _pattern(pattern: Mapping | MaskingPattern) -> MaskingPattern:
 
 
 def hidden_paths(n_states: int, length: int) -> Tensor:
-    """Every hidden path, ``Long[K^L, L]``, the last position varying fastest."""
-    if n_states**length > MAX_PATHS:
-        raise TaskError(f"{n_states} states over {length} positions make {n_states**length} hidden paths "
-                        f"(the limit is {MAX_PATHS}); use fewer states or shorter patterns")
+    """Every hidden path, ``Long[K^L, L]``, the last position varying fastest (the order of a state grid's cells)."""
+    _check_paths(n_states, length)
     grids = torch.meshgrid(*[torch.arange(n_states)] * length, indexing="ij")
     return torch.stack([grid.reshape(-1) for grid in grids], dim=1)
 
 
-def path_log_prior(params: HMMParameters, paths: Tensor) -> Tensor:
-    """``log p(h)`` of every path ``Long[P, L]``, ``[R, P]``."""
-    log_prior = params.log_initial[:, paths[:, 0]]
-    for t in range(paths.shape[1] - 1):
-        log_prior = log_prior + params.log_transition[:, paths[:, t], paths[:, t + 1]]
-    return log_prior
+def _check_paths(n_states: int, length: int) -> None:
+    if n_states**length > MAX_PATHS:
+        raise TaskError(f"{n_states} states over {length} positions make {n_states**length} hidden paths "
+                        f"(the limit is {MAX_PATHS}); use fewer states or shorter patterns")
 
 
-def _path_evidence(log_lik: Tensor, paths: Tensor, positions: Sequence[int]) -> Tensor:
-    """``Σ_{t ∈ positions} log p(x_t | h_t)`` per row and path, ``[R, N, P]``, from ``log_lik`` ``[R, N, L, K]``."""
-    evidence = log_lik.new_zeros(*log_lik.shape[:2], len(paths))
-    for t in positions:
-        evidence = evidence + log_lik[:, :, t, paths[:, t]]
-    return evidence
+def state_grid(params: HMMParameters, log_lik: Tensor, positions: Sequence[int],
+               evidence: Sequence[int] | None = None) -> Tensor:
+    """``log p(h_t, t ∈ positions) + Σ_{t ∈ evidence} log p(x_t | h_t)`` on a grid of states, ``[R, N, K, …, K]``.
+
+    One grid axis per position of ``positions`` (sorted), the hidden states between them summed out
+    exactly: the chain goes from one to the next by the matrix power ``T^gap``, and starts at the first
+    with ``initial · T^first``. ``evidence`` (default: all of ``positions``) must be among them.
+    ``log_lik`` ``[R, N, L, K]`` (:meth:`HMMParameters.log_likelihoods`). Built from broadcast sums —
+    no gathers over paths, no BLAS matrix products — so the result is bit-for-bit reproducible.
+    """
+    restarts, rows, _, k = log_lik.shape
+    used = sorted(positions)
+    evidence = used if evidence is None else evidence
+    _check_paths(k, len(used))
+    transition = params.log_transition.exp()
+    initial = params.log_initial.exp()
+    for _ in range(used[0]):
+        initial = (initial[:, :, None] * transition).sum(1)
+    grid = initial.log()
+    for i in range(1, len(used)):
+        step = transition
+        for _ in range(used[i] - used[i - 1] - 1):
+            step = _product(step, transition)
+        log_step = params.log_transition if step is transition else step.log()
+        grid = grid[..., None] + log_step.view(restarts, *([1] * (i - 1)), k, k)
+    grid = grid[:, None]
+    for t in evidence:
+        shape = [restarts, rows] + [1] * len(used)
+        shape[2 + used.index(t)] = k
+        grid = grid + log_lik[:, :, t].reshape(shape)
+    return grid
 
 
-def path_posterior(params: HMMParameters, pattern: MaskingPattern, values: Tensor) -> tuple[Tensor, Tensor]:
-    """``log p(h | x_visible)`` over the pattern's hidden paths, ``[R, N, P]``, and the paths ``Long[P, L]``."""
-    paths = hidden_paths(params.n_states, pattern.length)
-    log_lik = params.log_likelihoods(values[:, :pattern.length])
-    joint = path_log_prior(params, paths)[:, None, :] + _path_evidence(log_lik, paths, pattern.visible)
-    return joint.log_softmax(-1), paths
+def _product(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` over the last two axes as a broadcast sum (no BLAS: bit-for-bit reproducible)."""
+    return (a[..., :, :, None] * b[..., None, :, :]).sum(-2)
 
 
-def predicted_log_prob(params: HMMParameters, pattern: MaskingPattern, values: Tensor) -> Tensor:
-    """Discrete: ``log q(x_P | x_V)`` of each row's predicted tokens jointly, ``[R, N]``; ``values`` ``Long[N, L]``."""
-    posterior, paths = path_posterior(params, pattern, values)
-    log_lik = params.log_likelihoods(values[:, :pattern.length])
-    return (posterior + _path_evidence(log_lik, paths, pattern.predicted)).logsumexp(-1)
+def _log_lik(params: HMMParameters, pattern: MaskingPattern, values: Tensor, log_lik: Tensor | None) -> Tensor:
+    if log_lik is None:
+        return params.log_likelihoods(values[:, :pattern.length])
+    return log_lik[:, :, :pattern.length]
 
 
-def predicted_mean(params: HMMParameters, pattern: MaskingPattern, values: Tensor) -> Tensor:
+def predicted_log_prob(params: HMMParameters, pattern: MaskingPattern, values: Tensor,
+                       log_lik: Tensor | None = None) -> Tensor:
+    """Discrete: ``log q(x_P | x_V)`` of each row's predicted tokens jointly, ``[R, N]``; ``values`` ``Long[N, L]``.
+
+    The ratio ``p(x_{V∪P}) / p(x_V)``, each a sum over the hidden states. ``log_lik``: the rows'
+    :meth:`~HMMParameters.log_likelihoods` when the caller has them (over at least the pattern's positions).
+    """
+    log_lik = _log_lik(params, pattern, values, log_lik)
+    both = state_grid(params, log_lik, pattern.visible + pattern.predicted)
+    visible = state_grid(params, log_lik, pattern.visible)
+    return both.flatten(2).logsumexp(-1) - visible.flatten(2).logsumexp(-1)
+
+
+def predicted_states_posterior(params: HMMParameters, pattern: MaskingPattern, values: Tensor,
+                               log_lik: Tensor | None = None) -> Tensor:
+    """``p(h_P | x_V)``, ``[R, N, K, …, K]``: one axis per predicted position, in the pattern's order."""
+    log_lik = _log_lik(params, pattern, values, log_lik)
+    used = sorted(pattern.visible + pattern.predicted)
+    grid = state_grid(params, log_lik, used, pattern.visible)
+    flat = grid.flatten(2)
+    # softmax by hand: torch's kernel is slow on a short last axis (K^|V∪P| cells); the shift is a constant
+    weights = (flat - flat.detach().amax(-1, keepdim=True)).exp()
+    posterior = (weights / weights.sum(-1, keepdim=True)).view(grid.shape)
+    marginal = posterior.sum(tuple(2 + i for i, t in enumerate(used) if t in pattern.visible))
+    order = sorted(pattern.predicted)
+    return marginal.permute(0, 1, *(2 + order.index(t) for t in pattern.predicted))
+
+
+def predicted_mean(params: HMMParameters, pattern: MaskingPattern, values: Tensor,
+                   log_lik: Tensor | None = None) -> Tensor:
     """Gaussian: ``E[⊗_{t∈P} x_t | x_V]`` flattened, ``[R, N, d^|P|]``; ``values`` ``Float[N, L, d]``.
 
-    Given the hidden path the predicted tokens are independent, so the tensor product's
-    mean on a path is the tensor product of the means.
+    Given the hidden states the predicted tokens are independent, so the mean of their tensor
+    product is ``Σ_{h_P} p(h_P | x_V) ⊗_t mu_{h_t}``, contracted one predicted axis at a time
+    (last first) by broadcast sums — not matmuls, whose BLAS kernels may round differently run to
+    run (memory alignment), which training amplifies; this keeps a fixed seed's result bit for bit.
     """
-    posterior, paths = path_posterior(params, pattern, values)
-    products = _path_products(params.emission, paths, pattern.predicted)
-    # a broadcast sum, not a matmul: BLAS kernels may round differently run to run (memory alignment),
-    # which training amplifies; this keeps a fixed seed's result bit for bit
-    return (posterior.exp()[..., None] * products[:, None]).sum(-2)
-
-
-def _path_products(means: Tensor, paths: Tensor, positions: Sequence[int]) -> Tensor:
-    """``⊗_{t ∈ positions} mu_{h_t}`` per path, flattened, ``[R, P, d^|positions|]``; ``means`` ``[R, K, d]``."""
-    product = means[:, paths[:, positions[0]]]
-    for t in positions[1:]:
-        product = (product[..., :, None] * means[:, paths[:, t]][..., None, :]).flatten(-2)
-    return product
+    weights = predicted_states_posterior(params, pattern, values, log_lik)   # [R, N, K_1, …, K_m]
+    means = params.emission                                           # [R, K, d]
+    restarts, k, dim = means.shape
+    m = len(pattern.predicted)
+    moment = None                                                     # [R, N, K_1 … K_j, d^(m−j)] as we go
+    for j in range(m - 1, -1, -1):
+        mu = means.view(restarts, 1, *([1] * j), k, dim)
+        if moment is None:
+            moment = (weights[..., None] * mu).sum(-2)
+        else:
+            moment = (moment[..., None, :] * mu[..., None]).sum(-3).flatten(-2)
+    return moment
 
 
 def product_of_tokens(values: Tensor, positions: Sequence[int]) -> Tensor:
@@ -184,9 +231,7 @@ def product_of_tokens(values: Tensor, positions: Sequence[int]) -> Tensor:
 
 def sequence_log_prob(params: HMMParameters, values: Tensor) -> Tensor:
     """Discrete: exact ``log p(x)`` of every row ``Long[N, L]`` (all positions observed), ``[R, N]``."""
-    paths = hidden_paths(params.n_states, values.shape[1])
-    evidence = _path_evidence(params.log_likelihoods(values), paths, range(values.shape[1]))
-    return (path_log_prior(params, paths)[:, None, :] + evidence).logsumexp(-1)
+    return state_grid(params, params.log_likelihoods(values), range(values.shape[1])).flatten(2).logsumexp(-1)
 
 
 # -- training data: the exact population or samples -------------------------------------
@@ -255,11 +300,12 @@ def masked_prediction_loss(params: HMMParameters, task: MaskedPredictionTask, da
     Discrete: cross-entropy ``−log q(x_P | x_V)``. Gaussian: ``‖f(x_V) − target‖²``.
     """
     total = 0.0
+    log_lik = params.log_likelihoods(data.values[:, :task.length])   # once for every pattern
     for i, pattern in enumerate(task.patterns):
         if params.kind == "discrete":
-            row_loss = -predicted_log_prob(params, pattern, data.values)
+            row_loss = -predicted_log_prob(params, pattern, data.values, log_lik)
         else:
-            row_loss = (predicted_mean(params, pattern, data.values) - data.targets[i]).pow(2).sum(-1)
+            row_loss = (predicted_mean(params, pattern, data.values, log_lik) - data.targets[i]).pow(2).sum(-1)
         total = total + (row_loss * data.weights).sum(-1)
     return total
 

@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.utils.data import get_worker_info
 
 from maskpolicy.meta.config import build_policy
+from maskpolicy.meta.context import CachedStates, default_cache_dir, source_for
 from maskpolicy.meta.learning.artifacts import (
     check_tokenizer,
     load_policy,
@@ -45,7 +46,7 @@ from maskpolicy.meta.learning.artifacts import (
     save_policy,
     tagger_settings,
 )
-from maskpolicy.meta.learning.policy_state import feature_names, policy_parts
+from maskpolicy.meta.learning.policy_state import context_spec, feature_names, policy_parts
 from maskpolicy.meta.tables import fit_tables
 from maskpolicy.policies import FitsCorpus, MaskingPolicy, PolicyError, available, build
 from maskpolicy.tasks.data.tagging import RuleTagger, SpacyTagger
@@ -64,6 +65,7 @@ from maskpolicy.tasks.training.pretraining import EncoderCorruption, Seq2SeqCorr
 log = logging.getLogger(__name__)
 TAGGERS = {"RuleTagger": RuleTagger, "SpacyTagger": SpacyTagger}  # what a saved collator may name
 COUNTED = ("frequency", "rarity")  # word features that read corpus word counts
+DEFAULT_STATES_CACHE = str(default_cache_dir())
 
 
 class CollatorError(FeatureError):
@@ -86,6 +88,10 @@ class MaskingCollator:
             most 512).
         word_counts: corpus word counts for a learned policy's ``frequency`` / ``rarity`` features (else
             :meth:`fit` counts them).
+        states_cache: where a learned policy's contextual states (a frozen encoder's, see
+            :mod:`maskpolicy.meta.context`) are cached by content hash; ``None`` keeps them in memory only.
+            :meth:`fit` computes them for your texts ahead of time; :meth:`prepare` reads them (computing
+            those it has not seen).
         policy_params, params: the policy's constructor arguments, with a name or config; ``policy_params`` is
             for a parameter whose name is one of the collator's own (a learned scorer's ``seed``).
     """
@@ -104,6 +110,7 @@ class MaskingCollator:
         max_seq_length: int | None = None,
         reseed_each_epoch: bool = True,
         word_counts: Mapping[str, int] | None = None,
+        states_cache: str | os.PathLike | None = DEFAULT_STATES_CACHE,
         policy_params: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> None:
@@ -116,7 +123,9 @@ class MaskingCollator:
         self.policy, self.schedule = _resolve_policy(policy, {**params, **(policy_params or {})})
         self.feature_names = feature_names(self.policy)
         self.word_counts = None if word_counts is None else dict(word_counts)
+        self.states_cache = None if states_cache is None else str(states_cache)
         self._check_tokenizer()
+        self._states()  # finds and checks the policy's encoder now, so a missing or other one fails here
         self.corruption = (Seq2SeqCorruption(tokenizer, target) if kind == "seq2seq"
                            else EncoderCorruption(tokenizer, self.mask_fraction, self.random_fraction))
         special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
@@ -159,6 +168,9 @@ class MaskingCollator:
             fit_tables(self.policy, rows, self.tokenizer.pad_token_id, cache_dir=None)
         if any(name in COUNTED for name in self.feature_names):
             self.word_counts = dict(word_counts(texts))
+        states = self._states()
+        if states is not None:  # each text encoded once now; prepare() then finds its states in the cache
+            states.states(texts)
         return self
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
@@ -220,7 +232,8 @@ class MaskingCollator:
             spec = FeatureSpec(self.feature_names, self.word_counts)
         rows = collation_rows(features, self._special_ids, tagger=self.tagger, spec=spec,
                               total=sum(self.word_counts.values()) if self.word_counts else None,
-                              needs_entities="entity" in self.feature_names, slow_tokenizer=self._slow_name())
+                              needs_entities="entity" in self.feature_names, slow_tokenizer=self._slow_name(),
+                              context=self._states())
         batch = pad_collation_rows(rows, self.tokenizer.pad_token_id)
         batch.pop("feature_names", None)
         return batch
@@ -248,6 +261,11 @@ class MaskingCollator:
         return inputs
 
     # ------------------------------------------------------------------ internals
+
+    def _states(self) -> CachedStates | None:
+        """The policy's contextual states (one encoder per process, shared by the collators in it), or None."""
+        spec = context_spec(self.policy)
+        return None if spec is None else source_for(spec, self.states_cache)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without its generators: each process (a DataLoader worker) seeds its own."""
@@ -301,6 +319,7 @@ class MaskingCollator:
         needs = [what for what, needed in (
             (f"the learned policy's word features ({', '.join(self.feature_names)})", bool(self.feature_names)),
             ("the tagger's entity spans", self.tagger is not None),
+            ("the learned policy's contextual states", context_spec(self.policy) is not None),
             ("corpus tables (pmi, informative), which read words",
              any(isinstance(part, FitsCorpus) for part in policy_parts(self.policy)))) if needed]
         if not needs:

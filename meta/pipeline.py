@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from maskpolicy.meta.base import base_checkpoint
 from maskpolicy.meta.config import ConfigError, build, build_policy, plain
 from maskpolicy.meta.console import StageProgressBar, show_bars
+from maskpolicy.meta.context import state_source
 from maskpolicy.meta.learning.artifacts import check_use
 from maskpolicy.meta.results.files import staged_directory
 from maskpolicy.meta.results.schema import (
@@ -191,7 +192,8 @@ def pretrain(cfg: DictConfig, run: Setup, output_dir: Path,
         return PretrainStats(steps=0, tokens=0, masked_tokens=0, final_loss=None, rows=0)
     texts, spans = [d.text for d in run.corpus], [d.entities for d in run.corpus]
     rows = encode_documents(texts, spans, run.tokenizer, run.spec.max_length, run.spec.overflow,
-                            features=FeatureSpec(counts=word_counts(texts)))
+                            features=FeatureSpec(counts=word_counts(texts),
+                                                 context=state_source(run.policy, cfg.pretrain.get("states_cache"))))
     tables = fit_tables(run.policy, rows, run.tokenizer.pad_token_id, cfg.pretrain.get("tables_cache"))
     data = RowsDataModule(rows, run.tokenizer.pad_token_id, batch_size=cfg.pretrain.batch_size)
     corruption = build_corruption(run.spec.kind, run.tokenizer, **cfg.pretrain.corruption)

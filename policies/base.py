@@ -37,6 +37,9 @@ class TokenBatch:
         features: ``Long[B, L, F]`` or None; word-level categorical features (see
             :mod:`.features`), channel ``f`` named ``feature_names[f]``.
         feature_names: the names of the ``F`` feature channels.
+        states: ``Float[B, L, D]`` or None; contextual states of each token from a frozen encoder, computed
+            once per document at encoding time (zeros at special and padding tokens). A learned policy with a
+            ``context`` reads them.
     """
 
     input_ids: Tensor
@@ -45,6 +48,7 @@ class TokenBatch:
     entity_ids: Tensor | None = None
     features: Tensor | None = None
     feature_names: tuple[str, ...] = ()
+    states: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.input_ids.dim() != 2:
@@ -65,12 +69,17 @@ class TokenBatch:
                 f"features must be [batch, length, {len(self.feature_names)}] (one channel per feature name), "
                 f"got {tuple(self.features.shape)}"
             )
+        if self.states is not None and (self.states.dim() != 3 or self.states.shape[:2] != self.input_ids.shape
+                                        or not self.states.is_floating_point()):
+            raise PolicyError(f"states must be a float tensor [batch, length, dim] shaped like input_ids "
+                              f"{tuple(self.input_ids.shape)} in its first two dimensions, got {self.states.dtype} "
+                              f"{tuple(self.states.shape)}")
 
     def rows(self, index: Tensor) -> TokenBatch:
         """The sub-batch of the given row indices."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return TokenBatch(self.input_ids[index], self.maskable[index], pick(self.word_ids), pick(self.entity_ids),
-                          pick(self.features), self.feature_names)
+                          pick(self.features), self.feature_names, pick(self.states))
 
 
 @runtime_checkable

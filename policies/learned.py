@@ -1,21 +1,24 @@
-"""A learned masking policy: a small token scorer over word-level features.
+"""A learned masking policy: a small token scorer over word-level features and, optionally, contextual states.
 
 The scorer sees only the features of :mod:`.features` (hashed word, shape, position in
-sentence, entity tag, corpus frequency, subword place), never token ids, so a policy
-trained with one tokenizer or task can mask text of another. Masks take each row's
+sentence, entity tag, corpus frequency, subword place) and, with a ``context``
+(:class:`.context.ContextSpec`), a frozen encoder's states pooled to each token
+(``TokenBatch.states``, computed once per document at encoding time) — never token ids, so a
+policy trained with one tokenizer or task can mask text of another. Masks take each row's
 budget, round(rate · n) tokens, by the scores: Gumbel top-k (sampling without
 replacement, proportional to softmax(logit / temperature)) or plain top-k.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from .base import PolicyError, TokenBatch, check_rate
+from .context import ContextSpec
 from .features import DEFAULT_FEATURES, FEATURE_SIZES, check_features
 from .ops import budget, select_count
 
@@ -23,28 +26,40 @@ Sampling = Literal["gumbel", "topk"]
 
 
 class TokenScorer(nn.Module):
-    """Masking logit per token: feature embeddings (summed over channels) → BiLSTM → linear.
+    """Masking logit per token: feature embeddings (summed over channels), plus with ``context_dim`` > 0 the
+    token's contextual states (layer-normed, dropped out, projected to the embedding size) → BiLSTM → linear.
 
     Padding at the end of a row does not change the row's scores (sequences are
     packed to their last featured token).
     """
 
     def __init__(
-        self, features: Sequence[str] = DEFAULT_FEATURES, embedding_dim: int = 32, hidden_size: int = 32
+        self, features: Sequence[str] = DEFAULT_FEATURES, embedding_dim: int = 32, hidden_size: int = 32,
+        context_dim: int = 0, context_dropout: float = 0.1,
     ) -> None:
         super().__init__()
         self.features = check_features(features)
         self.embeddings = nn.ModuleList(
             nn.Embedding(FEATURE_SIZES[name], embedding_dim, padding_idx=0) for name in self.features
         )
+        self.context_dim = int(context_dim)
+        if self.context_dim:
+            self.context = nn.Sequential(nn.LayerNorm(self.context_dim), nn.Dropout(context_dropout),
+                                         nn.Linear(self.context_dim, embedding_dim))
         self.encoder = nn.LSTM(embedding_dim, hidden_size, batch_first=True, bidirectional=True)
         self.head = nn.Linear(2 * hidden_size, 1)
 
-    def forward(self, features: Tensor) -> Tensor:
-        """``features`` ``Long[B, L, F]`` (channels in ``self.features`` order) → logits ``Float[B, L]``."""
+    def forward(self, features: Tensor, states: Tensor | None = None) -> Tensor:
+        """``features`` ``Long[B, L, F]`` (channels in ``self.features`` order) and, for a scorer with
+        ``context_dim``, ``states`` ``Float[B, L, context_dim]`` → logits ``Float[B, L]``."""
         if features.shape[0] == 0 or features.shape[1] == 0:
             return torch.zeros(features.shape[:2], device=features.device)
         embedded = sum(embedding(features[..., i]) for i, embedding in enumerate(self.embeddings))
+        if self.context_dim:
+            if states is None or states.shape[-1] != self.context_dim:
+                raise PolicyError(f"this scorer reads {self.context_dim} contextual channels per token, got "
+                                  f"{None if states is None else states.shape[-1]}")
+            embedded = embedded + self.context(states.to(embedded.dtype))
         featured = (features != 0).any(-1)
         positions = torch.arange(features.shape[1], device=features.device)
         lengths = torch.where(featured, positions + 1, 0).amax(1).clamp(min=1)
@@ -67,6 +82,10 @@ class LearnedPolicy:
         temperature: divides the logits before Gumbel sampling; lower is greedier.
         seed: initialises the scorer's weights (an untrained policy is a seeded random scorer).
         scorer: trained weights to use instead of a fresh scorer.
+        context: the contextual states it also reads (:class:`.context.ContextSpec`, or a mapping of its
+            fields; ``None``: word features only). Batches must then carry ``states`` of ``context.dim``
+            channels, from the encoder the policy was trained with.
+        context_dropout: dropout on the states while training.
     """
 
     def __init__(
@@ -79,8 +98,13 @@ class LearnedPolicy:
         temperature: float = 0.3,
         seed: int = 0,
         scorer: TokenScorer | None = None,
+        context: ContextSpec | Mapping[str, Any] | None = None,
+        context_dropout: float = 0.1,
     ) -> None:
         self.rate = check_rate(rate)
+        self.context = ContextSpec.of(context)
+        if not 0.0 <= float(context_dropout) < 1.0:
+            raise PolicyError(f"learned policy context_dropout must be in [0, 1), got {context_dropout}")
         if sampling not in ("gumbel", "topk"):
             raise PolicyError(f"learned policy sampling must be 'gumbel' or 'topk', got {sampling!r}")
         if not temperature > 0:
@@ -89,7 +113,12 @@ class LearnedPolicy:
         if scorer is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                scorer = TokenScorer(features, embedding_dim, hidden_size)
+                scorer = TokenScorer(features, embedding_dim, hidden_size, self.context.dim if self.context else 0,
+                                     float(context_dropout))
+        expected = self.context.dim if self.context else 0
+        if scorer.context_dim != expected:
+            raise PolicyError(f"the scorer reads {scorer.context_dim} contextual channels but the policy's context "
+                              f"gives {expected}; build them with the same context")
         self.scorer = scorer
         self.source: dict | None = None  # where a loaded policy came from (set by the artifact loader)
 
@@ -100,8 +129,28 @@ class LearnedPolicy:
     def logits(self, batch: TokenBatch) -> Tensor:
         """Differentiable masking logits ``Float[B, L]``; ``-inf`` where a token is not maskable."""
         self.scorer.to(batch.input_ids.device)
-        scores = self.scorer(self._channels(batch))
+        scores = self.scorer(self._channels(batch), self._states(batch))
         return scores.masked_fill(~batch.maskable, float("-inf"))
+
+    @property
+    def context_dropout(self) -> float:
+        return float(self.scorer.context[1].p) if self.scorer.context_dim else 0.1
+
+    def _states(self, batch: TokenBatch) -> Tensor | None:
+        """The batch's contextual states, checked against the policy's context; None for a policy without one."""
+        if self.context is None:
+            return None
+        if batch.states is None:
+            raise PolicyError(
+                f"the learned policy reads contextual states of encoder {self.context.encoder!r} (layers "
+                f"{list(self.context.layers)}), but this batch has none; encode the text with them "
+                "(maskpolicy.meta.context.state_source(policy) as FeatureSpec.context, or MaskingCollator, which "
+                "computes them) so TokenBatch.states is set")
+        if batch.states.shape[-1] != self.context.dim:
+            raise PolicyError(f"the learned policy reads {self.context.dim} contextual channels per token (encoder "
+                              f"{self.context.encoder!r}, layers {list(self.context.layers)}); the batch's states "
+                              f"have {batch.states.shape[-1]}")
+        return batch.states
 
     def select(self, batch: TokenBatch, generator: torch.Generator) -> Tensor:
         with torch.no_grad():

@@ -19,6 +19,7 @@ policy that reads the ``entity`` feature) an error.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,11 +33,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from maskpolicy.meta.learning.policy_state import TABLES, ArtifactError, decode, encode, feature_names, learned_params
+from maskpolicy.meta.learning.policy_state import (
+    TABLES,
+    ArtifactError,
+    context_spec,
+    decode,
+    encode,
+    feature_names,
+    learned_params,
+    policy_parts,
+)
 from maskpolicy.meta.results.files import staged_directory, write_json
 from maskpolicy.meta.results.schema import versions
 from maskpolicy.policies import FEATURE_SIZES, MaskingPolicy
-from maskpolicy.tasks.base import Document, Task
+from maskpolicy.tasks.base import Document, Task, TaskError
+from maskpolicy.tasks.text.context import encoder_location, weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +96,7 @@ def save_policy(policy: MaskingPolicy, path: str | os.PathLike, training: dict[s
             "tensors": files.get("tensors"),
             "tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
             "fitted_tables": fitted,
+            "context": _context_card(policy),
             "word_counts": files.get("word_counts"),
             "collator": collator,
             "schedule": schedule,
@@ -153,10 +165,15 @@ def load_policy(
     rate: float | None = None,
     sampling: str | None = None,
     temperature: float | None = None,
+    encoder: str | None = None,
     **params: Any,
 ) -> MaskingPolicy:
     """Rebuilds a saved policy of any family; ``rate``, ``sampling``, ``temperature`` and any other constructor
-    parameter given (not None) override the saved ones."""
+    parameter given (not None) override the saved ones.
+
+    A policy that reads contextual states must find the encoder it was trained with: the card's encoder (an
+    asset key, folder or model name), or ``encoder`` (another place holding the same weights); its weight files'
+    SHA-256 must be the card's, else :class:`ArtifactError` says which is missing or differs."""
     path = Path(path)
     card = read_card(path)
     node, tensors = _v1_contents(path, card) if card["format_version"] == 1 else (card.get("policy") or {},
@@ -165,6 +182,7 @@ def load_policy(
     overrides = {key: value for key, value in {"rate": rate, "sampling": sampling, "temperature": temperature,
                                                **params}.items() if value is not None}
     policy = decode(node, tensors, overrides=overrides, where=str(path))
+    _find_encoder(policy, path, encoder)
     source = {"path": str(path.resolve()), "training": card.get("training") or {}, "created": card.get("created")}
     with contextlib.suppress(AttributeError):  # a policy with __slots__ keeps no source
         policy.source = source
@@ -294,6 +312,39 @@ def _check_feature_schema(path: Path, card: dict[str, Any]) -> None:
                 f"{path} was trained with feature {name!r} of size {size}, but in this maskpolicy it {now}; "
                 "the feature schema changed (maskpolicy.policies.features): re-train the policy"
             )
+
+
+def _context_card(policy: MaskingPolicy) -> dict[str, Any] | None:
+    """The encoder a policy's contextual states come from (name, weights SHA-256, layers, unit, dim), or None."""
+    spec = context_spec(policy)
+    return None if spec is None else spec.as_dict()
+
+
+def _find_encoder(policy: MaskingPolicy, path: Path, encoder: str | None) -> None:
+    """Points the policy's context at ``encoder`` (when given) and checks that encoder's weights are the card's."""
+    for part in policy_parts(policy):
+        spec = getattr(part, "context", None)
+        if spec is None:
+            continue
+        if encoder is not None:
+            part.context = spec = dataclasses.replace(spec, encoder=str(encoder))
+        if spec.weights_sha256 is None:
+            log.warning("%s: the policy reads contextual states of encoder %r but its card does not say which "
+                        "weights it was trained with; it cannot be checked", path, spec.encoder)
+            continue
+        try:
+            found = weights_sha256(encoder_location(spec.encoder))
+        except TaskError as error:
+            raise ArtifactError(
+                f"{path}: the policy reads contextual states of encoder {spec.encoder!r} (weights sha256 "
+                f"{spec.weights_sha256[:12]}…), which is not available here: {error}. Install it, or give "
+                "load_policy(path, encoder=<folder with those weights>) (policy.encoder=… in a config)") from error
+        if found != spec.weights_sha256:
+            raise ArtifactError(
+                f"{path}: the policy was trained on states of encoder {spec.encoder!r} with weights sha256 "
+                f"{spec.weights_sha256[:12]}…, but {encoder_location(spec.encoder)} holds weights {found[:12]}…: "
+                "another encoder's states mean other things to its scorer. Give the encoder it was trained with "
+                "(load_policy(path, encoder=<folder>), policy.encoder=… in a config) or retrain the policy")
 
 
 def _sha256(path: Path) -> str:

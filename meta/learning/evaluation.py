@@ -28,7 +28,7 @@ def mask_quality(policy: MaskingPolicy, data: AnswerRows, pad_token_id: int, see
 
 def compare_with_heuristics(policy: LearnedPolicy, data: AnswerRows, pad_token_id: int, seed: int = 0) -> Evaluation:
     """Mask quality of the learned policy (sampled and top-k) next to ``entity`` and ``random`` at its rate."""
-    greedy = LearnedPolicy(policy.rate, sampling="topk", scorer=policy.scorer)
+    greedy = LearnedPolicy(policy.rate, sampling="topk", scorer=policy.scorer, context=policy.context)
     # entity masking tops up with random tokens where a row has too few entities, to spend the same budget
     entity, random = EntityPolicy(policy.rate, shortfall="top_up"), RandomPolicy(policy.rate)
     return Evaluation(

@@ -8,8 +8,11 @@ One outer step:
    the policy's soft scores weight the candidates' masked-LM losses (a softmax over a
    row's candidates, times their number, so weights average 1);
 3. K differentiable SGD steps of the language model on those weighted losses, then the
-   cloze-QA loss on the questions; its gradient w.r.t. the policy (through the inner
-   steps, :func:`.inner.hypergradient`) updates the policy with Adam;
+   outer loss (``outer``): ``qa``, the cloze-QA loss on the questions (closed-book: noise for a
+   tiny model on real text), or ``answers``, the targeted masked-LM loss of the questions' answer
+   tokens in those same contexts (every answer token masked, the rest of the context given: how well
+   the updated model fills in what the questions ask about); its gradient w.r.t. the policy (through
+   the inner steps, :func:`.inner.hypergradient`) updates the policy with Adam;
 4. the language model itself takes one ordinary AdamW masked-LM step on a corpus batch
    masked by the current policy, so the policy keeps learning as the model learns;
    ``refresh_every`` re-initialises the model every N outer steps.
@@ -31,6 +34,7 @@ from maskpolicy.meta.learning.supervised import questions as split_questions
 from maskpolicy.policies import IGNORE_INDEX, LearnedPolicy, TokenBatch
 from maskpolicy.policies.ops import select_count
 from maskpolicy.tasks.base import QAExample, Task, TaskError
+from maskpolicy.tasks.data.tagging import merge_spans
 from maskpolicy.tasks.text.encoding import encode_documents, pad_rows, token_batch
 from maskpolicy.tasks.text.features import FeatureSpec
 from maskpolicy.tasks.training.models import ModelSpec
@@ -54,15 +58,26 @@ class MetaLearningOptions:
     candidate_rate: float
     lm_learning_rate: float
     refresh_every: int
+    outer: str = "qa"
+
+    def __post_init__(self) -> None:
+        if self.outer not in OUTER_OBJECTIVES:
+            raise ValueError(f"learning.meta_learning.outer must be one of {', '.join(OUTER_OBJECTIVES)}, got "
+                             f"{self.outer!r}")
+
+
+OUTER_OBJECTIVES = ("qa", "answers")
 
 
 @dataclass(frozen=True)
 class MetaData:
-    """Contexts encoded with features, and the cloze-QA rows of the questions about each."""
+    """Contexts encoded with features, the cloze-QA rows of the questions about each, and ``Bool[T]`` per
+    context: its tokens inside an answer of those questions (the ``answers`` objective's targets)."""
 
     contexts: list[dict]
     questions: list[list[dict]]
     corpus: list[dict]
+    answers: list[Tensor] | None = None
 
 
 def meta_data(task: Task, split: str, tokenizer: PreTrainedTokenizerBase, spec: ModelSpec,
@@ -83,7 +98,16 @@ def meta_data(task: Task, split: str, tokenizer: PreTrainedTokenizerBase, spec: 
     corpus_texts = [d.text for d in task.corpus()]
     corpus = encode_documents(corpus_texts, [d.entities for d in task.corpus()], tokenizer, spec.max_length,
                               spec.overflow, features=features)
-    return MetaData(contexts, questions, corpus)
+    # the same tokenisation with the answers as spans marks each context's answer tokens
+    spans = [merge_spans((q.answer_start, q.answer_start + len(q.answer)) for q in by_context[t]
+                         if q.answer_start is not None) for t in texts]
+    marked = encode_documents(texts, spans, tokenizer, spec.max_length, "truncate")
+    answers = [row["entity_ids"] >= 0 for row in marked]
+    skipped = sum(not bool(a.any()) for a in answers)
+    if skipped:
+        log.info("meta-learning: %d of %d contexts have no answer token in their first window (the answers "
+                 "objective skips them)", skipped, len(answers))
+    return MetaData(contexts, questions, corpus, answers)
 
 
 def candidate_weights(policy: LearnedPolicy, batch: TokenBatch, candidates: Tensor) -> Tensor:
@@ -133,22 +157,43 @@ def train_meta_learning(policy: LearnedPolicy, data: MetaData, spec: ModelSpec, 
         history["outer_loss"].append(meta_step.outer_loss)
         history["inner_loss"].append(sum(meta_step.inner_losses) / len(meta_step.inner_losses))
         if step % 25 == 0:
-            log.info("meta-learning step %d: outer (QA) loss %.4f", step, meta_step.outer_loss)
+            log.info("meta-learning step %d: outer (%s) loss %.4f", step, options.outer, meta_step.outer_loss)
     policy.scorer.eval()
     return history
 
 
 def _outer_step(policy: LearnedPolicy, model: PreTrainedModel, data: MetaData, tokenizer: PreTrainedTokenizerBase,
                 options: MetaLearningOptions, generator: torch.Generator) -> MetaStep:
-    picks = torch.randperm(len(data.contexts), generator=generator)[: options.batch_size * options.inner_steps]
+    pool = torch.arange(len(data.contexts))
+    if options.outer == "answers":  # contexts whose first window holds an answer token: the outer loss needs one
+        pool = pool[torch.tensor([bool(a.any()) for a in data.answers], dtype=torch.bool)]
+        if not len(pool):
+            raise TaskError("no context has an answer token in its first window; the answers objective has nothing "
+                            "to score (use learning.meta_learning.outer=qa, or a longer model.max_length)")
+    picks = pool[torch.randperm(len(pool), generator=generator)][: options.batch_size * options.inner_steps]
     groups = picks.chunk(options.inner_steps)
     batches = [inner_batch(policy, [data.contexts[i] for i in group.tolist()], tokenizer, options.candidate_rate,
                            generator) for group in groups]
-    questions = [row for i in picks.tolist() for row in data.questions[i]]
-    outer = pad_rows([{"input_ids": q["input_ids"], "labels": q["labels"]} for q in questions],
-                     tokenizer.pad_token_id)
+    outer = outer_batch(data, picks.tolist(), tokenizer, options.outer)
     return hypergradient(model, list(policy.scorer.parameters()), batches, outer, engine=options.engine,
                          inner_lr=options.inner_lr, first_order=options.first_order)
+
+
+def outer_batch(data: MetaData, picks: Sequence[int], tokenizer: PreTrainedTokenizerBase, objective: str) -> dict:
+    """The outer loss's batch for the picked contexts: ``qa``, their questions as cloze rows; ``answers``, the
+    contexts themselves with every answer token replaced by [MASK] and labelled (-100 elsewhere)."""
+    if objective == "qa":
+        questions = [row for i in picks for row in data.questions[i]]
+        return pad_rows([{"input_ids": q["input_ids"], "labels": q["labels"]} for q in questions],
+                        tokenizer.pad_token_id)
+    if data.answers is None:
+        raise TaskError("the answers objective needs each context's answer tokens (MetaData.answers)")
+    rows = []
+    for i in picks:
+        ids, answer = data.contexts[i]["input_ids"], data.answers[i] & ~data.contexts[i]["special"]
+        rows.append({"input_ids": ids.masked_fill(answer, tokenizer.mask_token_id),
+                     "labels": ids.masked_fill(~answer, IGNORE_INDEX)})
+    return pad_rows(rows, tokenizer.pad_token_id)
 
 
 def _language_model_step(model: PreTrainedModel, optimizer: torch.optim.Optimizer, policy: LearnedPolicy,

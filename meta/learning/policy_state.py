@@ -70,8 +70,21 @@ def registry_name(policy: MaskingPolicy) -> str:
 def learned_params(policy: Any) -> dict[str, Any]:
     """The constructor arguments that rebuild a learned policy around its weights (its sizes are its scorer's)."""
     encoder = policy.scorer.encoder
-    return {"rate": policy.rate, "features": list(policy.features), "embedding_dim": encoder.input_size,
-            "hidden_size": encoder.hidden_size, "sampling": policy.sampling, "temperature": policy.temperature}
+    params = {"rate": policy.rate, "features": list(policy.features), "embedding_dim": encoder.input_size,
+              "hidden_size": encoder.hidden_size, "sampling": policy.sampling, "temperature": policy.temperature}
+    context = getattr(policy, "context", None)
+    if context is not None:  # a policy without one keeps the card of earlier versions
+        params.update(context=context.as_dict(), context_dropout=policy.context_dropout)
+    return params
+
+
+def context_spec(policy: MaskingPolicy) -> Any:
+    """The :class:`~maskpolicy.policies.context.ContextSpec` of the first part of ``policy`` that reads contextual
+    states, or None."""
+    for part in policy_parts(policy):
+        if getattr(part, "context", None) is not None:
+            return part.context
+    return None
 
 
 PARAM_READERS = {"learned": learned_params}  # policies that keep a parameter somewhere else than in its attribute

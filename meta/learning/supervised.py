@@ -2,9 +2,9 @@
 
 The labels are the answer spans of the QA pairs (each question's ``context`` and
 ``answer_start``): bioworld's gold answers in a person's biography, SQuAD's answer
-offsets. The scorer is trained with a per-token binary cross-entropy over maskable
-tokens. The same answer rows of another split judge every learned policy
-(:mod:`.evaluation`).
+offsets. The scorer is trained with a listwise loss (each row's softmax onto its answer
+tokens) or a per-token binary cross-entropy over maskable tokens. The same answer rows of
+another split judge every learned policy (:mod:`.evaluation`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from maskpolicy.policies import LearnedPolicy
 from maskpolicy.tasks.base import SPLITS, CharSpan, QAExample, Split, Task, TaskError
 from maskpolicy.tasks.data.tagging import merge_spans
+from maskpolicy.tasks.text.context import StateSource
 from maskpolicy.tasks.text.encoding import encode_documents, pad_rows, token_batch
 from maskpolicy.tasks.text.features import FeatureSpec, word_counts
 
@@ -75,9 +76,10 @@ def encode_answers(
     return AnswerRows(split, rows, [window["entity_ids"] >= 0 for window in answer_windows])
 
 
-def feature_spec(task: Task, names: Sequence[str]) -> FeatureSpec:
-    """Features named ``names``, word frequencies counted on the task's pre-training corpus."""
-    return FeatureSpec(tuple(names), word_counts(document.text for document in task.corpus()))
+def feature_spec(task: Task, names: Sequence[str], context: StateSource | None = None) -> FeatureSpec:
+    """Features named ``names``, word frequencies counted on the task's pre-training corpus; with ``context``,
+    rows also carry its contextual states."""
+    return FeatureSpec(tuple(names), word_counts(document.text for document in task.corpus()), context=context)
 
 
 LOSSES = ("bce", "listwise")

@@ -17,7 +17,8 @@ key                         value
                             tokenizer); needed to place ``entity_spans``, for a tagger and for word features
 ``entity_spans``            ``list[[start, end]]``: character spans of entities in the text
 ``entity_ids``              ``list[int]``: the entity index of each token, -1 outside (instead of spans)
-``text``                    ``str``: the text the offsets point into (a tagger and word features read it)
+``text``                    ``str``: the text the offsets point into (a tagger, word features and contextual
+                            states read it)
 ``token_type_ids``          ``list[int]``, optional: passed through, padded with 0
 ==========================  ==========================================================================
 
@@ -35,6 +36,7 @@ from torch import Tensor
 
 from maskpolicy.tasks.base import TaskError
 from maskpolicy.tasks.data.tagging import merge_spans
+from maskpolicy.tasks.text.context import StateSource, as_tensor, pool_states
 from maskpolicy.tasks.text.encoding import pad_rows, token_entity_ids
 from maskpolicy.tasks.text.features import FeatureSpec, document_features
 
@@ -60,6 +62,7 @@ def collation_rows(
     total: int | None = None,
     needs_entities: bool = False,
     slow_tokenizer: str | None = None,
+    context: StateSource | None = None,
 ) -> list[dict[str, Any]]:
     """One row per feature: ``input_ids``, ``special`` (specials and given padding), and when the features allow,
     ``word_ids``, ``entity_ids``, ``features`` (with ``spec``: the learned policy's word features), plus
@@ -68,11 +71,15 @@ def collation_rows(
     ``total``: the number of corpus words behind ``spec.counts`` (summed once, not per row).
     ``needs_entities``: refuse features without an entity source (the learned ``entity`` feature needs one).
     ``slow_tokenizer``: the name of a slow tokenizer in use, for the error messages.
+    ``context``: where a learned policy's contextual states come from; rows then hold ``states`` (every example's
+    text encoded once by the source, which may cache it, and pooled to its tokens by their offsets).
     """
     if not features:
         raise FeatureError("the collator got an empty list of features; a batch needs at least one example")
     rows = [_row(i, feature, special_ids, tagger, spec, total, needs_entities, slow_tokenizer)
             for i, feature in enumerate(features)]
+    if context is not None:
+        _add_states(features, rows, context, slow_tokenizer)
     keys = {frozenset(row) for row in rows}
     if len(keys) > 1:
         common = frozenset.intersection(*keys)
@@ -80,6 +87,27 @@ def collation_rows(
         raise FeatureError(f"the examples of one batch carry different fields ({', '.join(odd)} only in some); "
                            "tokenize them all the same way")
     return rows
+
+
+def _add_states(features: Sequence[Mapping[str, Any]], rows: list[dict[str, Any]], context: StateSource,
+                slow: str | None) -> None:
+    """Each row's contextual states: the examples' texts encoded together, pooled to each row's tokens."""
+    for i, feature in enumerate(features):
+        missing = [key for key in ("text", "offset_mapping") if feature.get(key) is None]
+        if missing:
+            raise FeatureError(
+                f"example {i} lacks {', '.join(missing)}: the learned policy reads contextual states of a frozen "
+                "encoder, computed from each example's text and placed on its tokens by their character offsets; "
+                f"{OFFSETS_FIX} and keep 'text'{_slow_hint(slow)}; {TRAINER_FIX}")
+    documents = context.states([feature["text"] for feature in features])
+    for i, (feature, row, document) in enumerate(zip(features, rows, documents, strict=True)):
+        offsets = np.asarray(feature["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        content = ~row["special"].numpy() & (offsets[:, 1] > offsets[:, 0])
+        words = row["word_ids"].numpy() if "word_ids" in row else None
+        if context.unit == "word" and words is None:
+            raise FeatureError(f"example {i} has no word_ids, and the policy's contextual states are pooled over "
+                               f"words: {WORD_IDS_FIX}; {TRAINER_FIX}")
+        row["states"] = as_tensor(pool_states(document, offsets, content, words, context.unit))
 
 
 def pad_collation_rows(rows: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Tensor]:

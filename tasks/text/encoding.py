@@ -16,6 +16,7 @@ from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from maskpolicy.policies import TokenBatch
 from maskpolicy.tasks.base import CharSpan, TaskError
+from maskpolicy.tasks.text.context import StateSource, as_tensor, pool_states
 from maskpolicy.tasks.text.features import FeatureSpec, document_features, word_counts
 
 Overflow = Literal["chunk", "truncate", "error"]
@@ -54,7 +55,8 @@ def encode_documents(
     ``word_ids`` and ``entity_ids`` (``-1`` where none). With ``features``, rows also
     hold ``features`` ``Long[T, F]`` (see :mod:`.features`; computed over the whole
     document, so a window's words keep their sentence positions) and
-    ``feature_names``, the tuple naming its ``F`` channels.
+    ``feature_names``, the tuple naming its ``F`` channels; when ``features.context`` is set, also ``states``
+    ``Float16[T, D]``, the encoder's states pooled to these tokens (:mod:`.context`).
     """
     if not texts:
         raise TaskError("the pre-training corpus is empty; check the task's data path and size settings")
@@ -82,6 +84,9 @@ def encode_documents(
     if features is not None:
         for row, matrix in zip(rows, _window_features(texts, sources, windows, features), strict=True):
             row["features"], row["feature_names"] = torch.from_numpy(matrix), features.names
+        if features.context is not None:
+            for row, states in zip(rows, _window_states(texts, sources, windows, features.context), strict=True):
+                row["states"] = as_tensor(states)
     return rows
 
 
@@ -112,12 +117,24 @@ def _window_features(
     return matrices
 
 
+def _window_states(texts: Sequence[str], sources: Sequence[int], windows: Sequence[dict[str, np.ndarray]],
+                   source: StateSource) -> list[np.ndarray]:
+    """``Float16[T, D]`` contextual states per window: each document encoded once, whole, then pooled."""
+    used = sorted(set(sources))
+    documents = dict(zip(used, source.states([texts[i] for i in used]), strict=True))
+    pooled = []
+    for window, doc in zip(windows, sources, strict=True):
+        content = ~window["special"] & (window["offsets"][:, 1] > window["offsets"][:, 0])
+        pooled.append(pool_states(documents[doc], window["offsets"], content, window["word_ids"], source.unit))
+    return pooled
+
+
 def pad_rows(rows: Sequence[dict], pad_token_id: int) -> dict:
     """Pads rows to a batch: each tensor field ``[B, L]`` (``features`` ``[B, L, F]``, padded
     with 0), plus ``attention_mask`` and, when rows carry ``special``, ``maskable``.
     ``feature_names``, which every row shares, stays one tuple; other non-tensor fields become lists."""
     fill = {"input_ids": pad_token_id, "special": True, "word_ids": -1, "entity_ids": -1, "labels": -100,
-            "features": 0}
+            "features": 0, "states": 0.0}
     names = _shared_feature_names([row["feature_names"] for row in rows]) if "feature_names" in rows[0] else None
     batch = {
         key: torch.nn.utils.rnn.pad_sequence([row[key] for row in rows], batch_first=True, padding_value=fill[key])
@@ -146,4 +163,4 @@ def _shared_feature_names(per_row: Sequence[Sequence[str]]) -> tuple[str, ...]:
 def token_batch(batch: dict) -> TokenBatch:
     """The view of a padded batch that a masking policy sees, features included when the rows carry them."""
     return TokenBatch(batch["input_ids"], batch["maskable"], batch.get("word_ids"), batch.get("entity_ids"),
-                      batch.get("features"), tuple(batch.get("feature_names", ())))
+                      batch.get("features"), tuple(batch.get("feature_names", ())), batch.get("states"))

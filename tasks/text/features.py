@@ -59,11 +59,14 @@ def word_counts(texts: Iterable[str]) -> Counter[str]:
 class FeatureSpec:
     """Which features to compute, in channel order, and the corpus word counts behind ``frequency``.
 
-    ``counts=None`` means: count the words of the texts being encoded.
+    ``counts=None`` means: count the words of the texts being encoded. ``context``: where the contextual states
+    of a frozen encoder come from (a :class:`~maskpolicy.tasks.text.context.StateSource`), for a learned policy
+    that reads them; rows then also hold ``states`` ``Float16[T, D]``.
     """
 
     names: tuple[str, ...] = FEATURES
     counts: Mapping[str, int] | None = field(default=None, hash=False)
+    context: object | None = field(default=None, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", check_features(self.names))

@@ -198,6 +198,22 @@ def state_source(policy: MaskingPolicy, cache_dir: str | os.PathLike | None = No
     return None if spec is None else source_for(spec, cache_dir)
 
 
+RUN_MODEL = "model"  # context.encoder naming the run's own model (model.pretrained) rather than a fixed encoder
+
+
+def resolve_run_model(policy: MaskingPolicy, pretrained: str | os.PathLike | None) -> None:
+    """A context whose encoder is ``model`` reads the run's own pre-trained model: points it at ``pretrained``
+    (the run's ``model.pretrained``), so the card records that folder and its weights."""
+    for part in _context_parts(policy):
+        if part.context.encoder != RUN_MODEL:
+            continue
+        if not pretrained:
+            raise ContextError("policy.context.encoder=model reads the run's own pre-trained model, but this run's "
+                               "model.pretrained is null (a model built from scratch has no states to give before it "
+                               "is trained); set model.pretrained, or name an encoder (minilm, a folder)")
+        part.context = dataclasses.replace(part.context, encoder=str(pretrained))
+
+
 def bind_encoder(policy: MaskingPolicy, source: CachedStates) -> None:
     """Records on a policy about to be trained which encoder's weights its states come from (its card keeps it)."""
     for part in _context_parts(policy):

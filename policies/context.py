@@ -24,7 +24,8 @@ class ContextSpec:
 
     Attributes:
         encoder: where the encoder is read from: an asset key (``minilm``: the MiniLM-L6 encoder ``make real``
-            installs), a model folder, or a Hugging Face name in the local cache.
+            installs), a model folder, a Hugging Face name in the local cache, or ``model``: the run's own
+            pre-trained model (its ``model.pretrained``, resolved when the policy is trained).
         layers: hidden-state indices (0: the embedding output, -1: the last layer), concatenated per token.
         unit: ``word`` averages the encoder tokens over each token's whole word, ``token`` over the token itself.
         dim: channels per token (the encoder's hidden size × number of layers); the scorer is sized by it.

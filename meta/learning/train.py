@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
 from maskpolicy.meta.config import ConfigError, build, build_policy, plain
-from maskpolicy.meta.context import bind_encoder, state_source
+from maskpolicy.meta.context import bind_encoder, resolve_run_model, state_source
 from maskpolicy.meta.learning.artifacts import entity_source, save_policy
 from maskpolicy.meta.learning.evaluation import compare_with_heuristics
 from maskpolicy.meta.learning.meta_learning import MetaLearningOptions, meta_data, train_meta_learning
@@ -66,6 +66,7 @@ def train_policy(cfg: DictConfig) -> TrainedPolicy:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     task, spec, policy = _build(cfg)
     tokenizer = spec.build_tokenizer(document.text for document in task.corpus())
+    resolve_run_model(policy, spec.pretrained)
     source = state_source(policy, cfg.learning.get("states_cache"))
     if source is not None:  # the policy is trained on this encoder's states: its card names the weights
         bind_encoder(policy, source)

@@ -102,12 +102,13 @@ class FrozenEncoder:
         layers: indices into the encoder's hidden states (0 is the embedding output, -1 the last layer),
             concatenated per token.
         unit: what :func:`pool_states` averages over for each of the run's tokens (``token`` or ``word``).
-        stride: tokens shared by consecutive windows of a long document.
+        stride: tokens shared by consecutive windows of a long document (``None``: 64, or a quarter of a window
+            when windows are shorter than 256 tokens).
         batch_size: windows per forward pass.
         max_length: window length in tokens, specials included (``None``: the encoder's positions).
     """
 
-    def __init__(self, name: str, layers: Sequence[int] = (-1,), unit: Unit = "word", stride: int = 64,
+    def __init__(self, name: str, layers: Sequence[int] = (-1,), unit: Unit = "word", stride: int | None = None,
                  batch_size: int = 16, max_length: int | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
 
@@ -136,6 +137,7 @@ class FrozenEncoder:
         positions = getattr(config, "max_position_embeddings", 512)
         self.max_length = min(max_length or positions, positions)
         self.window = self.max_length - len(self._template[0]) - len(self._template[1])
+        stride = min(64, self.window // 4) if stride is None else int(stride)
         if not 0 <= stride < self.window // 2:
             raise TaskError(f"context stride {stride} must be in [0, {self.window // 2}) for windows of "
                             f"{self.window} tokens")

@@ -18,7 +18,10 @@ class MaskpolicyOptunaSweeperConf:
     n_trials: int = 20                # finished (complete or pruned) trials the study should hold
     n_jobs: int = 1                   # trials launched together (the launcher runs them side by side)
     seed: int = 0                     # the sampler's seed
-    max_failures: int = 3             # failed runs after which the sweep stops with the last error
+    max_consecutive_failures: int = 3   # runs in a row that fail stop the sweep, naming their error; 0: never
+    heartbeat_interval: int = 30      # seconds; the sweeper beats for the runs it launched (a database storage) …
+    grace_period: int = 90            # … so a sweep killed mid-batch leaves trials that the next one fails …
+    max_retry: int = 3                # … and runs again, at most this many times
     pruning_start_fraction: float = 0.5    # with pretrain.probe.every > 0: probes before this share are not reported
     params: dict[str, str] = field(default_factory=dict)   # key: sweep expression, joined to the command line's
 

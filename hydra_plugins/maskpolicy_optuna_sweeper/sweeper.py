@@ -2,12 +2,17 @@
 
 A launched run reports to its trial through the study's storage (see :mod:`maskpolicy.meta.search.sweep`), so
 the study's pruner can stop it; the run then ends with ``optuna.TrialPruned`` and the trial is told pruned.
+While a batch runs the sweeper beats for its trials (a database storage), so a sweeper killed mid-batch leaves
+trials that the next start fails and runs again (their parameters queued, at most ``max_retry`` times) before any
+new one; every start counts the running trials of other sweepers on the same study, so the study ends holding
+exactly ``n_trials`` finished trials; ``max_consecutive_failures`` runs in a row that fail stop the sweep.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,25 +28,38 @@ from optuna.trial import TrialState
 from maskpolicy.meta.config import plain
 from maskpolicy.meta.results.files import write_json
 from maskpolicy.meta.search.engines import build_pruner, build_sampler, open_storage
+from maskpolicy.meta.search.faults import (
+    FAILURE_ATTR,
+    SURPLUS_ATTR,
+    FailureGuard,
+    Heartbeat,
+    TrialBudget,
+    clear_stop,
+    fail_stale,
+)
 from maskpolicy.meta.search.progress import TrialProgress
 from maskpolicy.meta.search.sweep import PRUNER_ATTR, SweepError, SweepSpace, config_node, link_overrides, parse_sweep
 
 log = logging.getLogger(__name__)
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class MaskpolicyOptunaSweeper(Sweeper):
     """Runs ``n_trials`` trials of one Optuna study, ``n_jobs`` at a time, through the configured Hydra launcher."""
 
     def __init__(self, sampler: Any, pruner: Any, storage: str | None, study_name: str, n_trials: int, n_jobs: int,
-                 seed: int, max_failures: int, pruning_start_fraction: float, params: Mapping[str, str]) -> None:
+                 seed: int, max_consecutive_failures: int, heartbeat_interval: int | None, grace_period: int | None,
+                 max_retry: int | None, pruning_start_fraction: float, params: Mapping[str, str]) -> None:
         if n_trials < 1 or n_jobs < 1:
             raise SweepError(f"hydra.sweeper.n_trials and n_jobs must be at least 1, got {n_trials} and {n_jobs}")
+        if max_consecutive_failures < 0:
+            raise SweepError("hydra.sweeper.max_consecutive_failures must be 0 (never stop) or a number of runs, got "
+                             f"{max_consecutive_failures}")
         self.sampler_node, self.pruner_node = config_node("sampler", sampler), config_node("pruner", pruner)
         self.storage, self.study_name, self.seed = storage, study_name, seed
-        self.n_trials, self.n_jobs, self.max_failures = n_trials, n_jobs, max_failures
+        self.n_trials, self.n_jobs, self.max_consecutive_failures = n_trials, n_jobs, max_consecutive_failures
+        self.heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
+                          "max_retry": max_retry}
         self.start_fraction, self.params = pruning_start_fraction, dict(params or {})
-        self.job_index = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.config = hydra_context, config
@@ -61,24 +79,38 @@ class MaskpolicyOptunaSweeper(Sweeper):
         offset = self._finetune_offset(space)
         progress = TrialProgress(self.n_trials, describe=lambda trial: " ".join(space.overrides(trial.params)[
             len(space.fixed):]))
-        returns, failures = [], []
-        while (done := len(study.get_trials(deepcopy=False, states=FINISHED))) < self.n_trials:
-            trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, self.n_trials - done))]
-            batch = [space.overrides(trial.params) + link_overrides(location, self.study_name, trial.number, offset,
-                                                                    self.start_fraction) for trial in trials]
-            self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=self.job_index)
-            self.job_index += len(batch)
-            for trial, result in zip(trials, results, strict=True):
-                error = _tell(study, trial, result)
-                progress(study, study.get_trials(deepcopy=False)[trial.number])
-                if error is not None:
-                    failures.append(error)
-            returns.append(results)
-            if len(failures) >= self.max_failures:
-                raise SweepError(f"{len(failures)} runs failed (hydra.sweeper.max_failures={self.max_failures}); "
-                                 f"the last: {failures[-1]!r}. Each run's log is in its directory under "
-                                 f"{sweep_dir}") from failures[-1]
+        guard = FailureGuard(self.max_consecutive_failures, "hydra.sweeper.max_consecutive_failures",
+                             f"in its directory under {sweep_dir}")
+        budget, returns, waited = TrialBudget(study, self.n_trials), [], False
+        while not budget.done(budget.counts()):
+            guard.check(study)
+            fail_stale(study)  # a killed sweeper's trials: failed, their parameters queued again (run first)
+            counts = budget.counts()
+            room = self.n_trials - counts.finished - (len(counts.running) if budget.exact else 0)
+            if room <= 0:  # another sweeper's runs fill the budget: wait for them (or for their heartbeat to stop)
+                if not waited:
+                    log.info("waiting for %d running trials: another sweeper's, or a killed sweeper's until their "
+                             "heartbeat is %s s old", len(counts.running), self.heartbeat["grace_period"])
+                waited = True
+                budget.wait()
+                continue
+            with warnings.catch_warnings():  # ask-and-tell on a heartbeat storage: the sweeper beats itself
+                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+                trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, room))]
+            trials = [trial for trial in trials if not _surplus(study, budget, trial)]
+            with Heartbeat(study, [trial._trial_id for trial in trials]):
+                for run in _consecutive(trials):
+                    batch = [space.overrides(trial.params) + link_overrides(location, self.study_name, trial.number,
+                                                                            offset, self.start_fraction)
+                             for trial in run]
+                    self.validate_batch_is_legal(batch)
+                    results = self.launcher.launch(batch, initial_job_idx=run[0].number)  # run directory = trial
+                    returns.append(results)
+                    for trial, result in zip(run, results, strict=True):
+                        _tell(study, trial, result)
+                        progress(study, study.get_trials(deepcopy=False)[trial.number])
+            for trial in trials:  # every run of the batch told first: a stop leaves none running
+                guard(study, study.get_trials(deepcopy=False)[trial.number])
         write_json(sweep_dir / "sweep.json", _summary(study, location))
         progress.summary(study)
         return returns
@@ -87,12 +119,13 @@ class MaskpolicyOptunaSweeper(Sweeper):
         if location in ("", ":memory:"):
             raise SweepError("hydra.sweeper.storage=':memory:' cannot work: each launched run reports to its trial "
                              "through the storage; use null (study.db in the sweep directory) or a database URL")
-        storage = open_storage(location, heartbeat_interval=None)
+        storage = open_storage(location, **self.heartbeat)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from TrialProgress instead
         study = optuna.create_study(storage=storage, study_name=self.study_name, direction="maximize",
                                     sampler=build_sampler(self.sampler_node, self.seed),
                                     pruner=build_pruner(self.pruner_node), load_if_exists=True)
         study.set_user_attr(PRUNER_ATTR, plain(self.pruner_node))
+        clear_stop(study)
         return study
 
     def _finetune_offset(self, space: SweepSpace) -> int:
@@ -100,23 +133,43 @@ class MaskpolicyOptunaSweeper(Sweeper):
         return int(max(self.config.pretrain.steps, space.largest("pretrain.steps") or 0)) + 1
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> BaseException | None:
-    """Tells the study how the run ended; returns the run's error when it failed."""
+def _surplus(study: optuna.Study, budget: TrialBudget, trial: optuna.Trial) -> bool:
+    """A trial another sweeper's ask made one too many is recorded as surplus (failed, never run)."""
+    if not budget.surplus(trial.number):
+        return False
+    trial.set_user_attr(SURPLUS_ATTR, True)
+    study.tell(trial, state=TrialState.FAIL)
+    return True
+
+
+def _consecutive(trials: Sequence[optuna.Trial]) -> list[list[optuna.Trial]]:
+    """The batch cut where trial numbers jump, so that each launch numbers its jobs (and run directories) by trial."""
+    runs: list[list[optuna.Trial]] = []
+    for trial in trials:
+        if runs and trial.number == runs[-1][-1].number + 1:
+            runs[-1].append(trial)
+        else:
+            runs.append([trial])
+    return runs
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> None:
+    """Tells the study how the run ended (a failed run keeps its error in the trial's ``failure``)."""
     raised = result._return_value if result.status == JobStatus.FAILED else None
     if isinstance(raised, optuna.TrialPruned):
         study.tell(trial, state=TrialState.PRUNED)
-        return None
+        return
     if raised is not None:
-        trial.set_user_attr("failure", f"{type(raised).__name__}: {raised}")
+        trial.set_user_attr(FAILURE_ATTR, f"{type(raised).__name__}: {raised}")
         study.tell(trial, state=TrialState.FAIL)
         log.error("trial %d failed: %s: %s", trial.number, type(raised).__name__, raised)
-        return raised
+        return
     value = result.return_value
     if not isinstance(value, int | float) or not math.isfinite(value):
+        trial.set_user_attr(FAILURE_ATTR, f"SweepError: the run returned {value!r}, not a finite number")
         study.tell(trial, state=TrialState.FAIL)
-        return SweepError(f"run of trial {trial.number} returned {value!r}, not a finite number")
+        return
     study.tell(trial, float(value))
-    return None
 
 
 def _summary(study: optuna.Study, location: str) -> dict[str, Any]:

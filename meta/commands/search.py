@@ -51,9 +51,11 @@ def run(cfg: DictConfig) -> float | None:
         threads = share_cores(cfg.search.n_workers)
         workers = start_workers(cfg.search.n_workers - 1, list(hydra_config.overrides.task), output_dir,
                                 search.storage_location, threads)
-    optimize(cfg, search, output_dir, names)
-    for worker in workers:
-        worker.wait()
+    try:
+        optimize(cfg, search, output_dir, names)
+    finally:  # a study stopped by repeated failures stops its workers too, after their current trial
+        for worker in workers:
+            worker.wait()
     if cfg.search.role == "worker":
         return None
     processes = cfg.search.final.get("n_workers") or 1

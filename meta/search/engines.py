@@ -24,7 +24,10 @@ wrong password or an unreachable host fails at once, after ``connect_timeout`` s
 most), pooled connections are pinged before use so a restarted server is reconnected to,
 and a heartbeat that fails while the server is away is logged and retried at the next
 beat instead of ending the heartbeat thread (which would let another worker fail a live
-trial as stale). ``postgresql://`` uses whichever driver is installed, psycopg 3 or psycopg2.
+trial as stale). A trial records its first heartbeat as it begins, so a worker killed before its heartbeat
+thread started still leaves a trial that is failed once its grace period passes. ``postgresql://`` uses
+whichever driver is installed, psycopg 3 or psycopg2; ``mysql://`` (MySQL, MariaDB) uses PyMySQL when it is
+installed and mysqlclient is not.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ from omegaconf import DictConfig
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from maskpolicy.meta.config import ConfigError, build
 from maskpolicy.meta.search.space import SearchSpace, grid
@@ -56,10 +60,13 @@ GRPC_PREFIX = "grpc://"
 DRIVERS = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "pymysql": "PyMySQL",
            "mysqldb": "mysqlclient (or PyMySQL with a mysql+pymysql:// URL)"}
 POSTGRES_DRIVERS = ("psycopg", "psycopg2")  # SQLAlchemy's default for postgresql:// first
+MYSQL_DRIVERS = ("mysqldb", "pymysql")      # … and for mysql:// (mysqlclient)
+_MODULES = {"mysqldb": "MySQLdb"}           # the module a driver name imports
 # what a storage call raises when the database is unreachable: SQLAlchemy's error, or Optuna's wrapper of it
 STORAGE_ERRORS = (sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError)
 SCHEMA_ATTEMPTS = 5
 CONNECT_TIMEOUT = 10  # seconds a server database may take to answer before the search gives up
+RUNNING = TrialState.RUNNING
 log = logging.getLogger(__name__)
 
 
@@ -136,6 +143,22 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
             log.warning("heartbeat of trial %d not recorded (%s); retrying at the next beat", trial_id,
                         database_error(error))
 
+    # Optuna fails only trials that have a heartbeat: a worker killed between creating its trial and the first
+    # beat of its heartbeat thread would leave the trial running for ever. Here a trial beats when it begins.
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        trial = super()._create_new_trial(study_id, template_trial)  # what create_new_trial and Optuna's cache call
+        if self.heartbeat_interval is not None and trial.state == RUNNING:
+            self.record_heartbeat(trial._trial_id)
+        return trial
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+                               ) -> bool:
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state == RUNNING and self.heartbeat_interval is not None:
+            self.record_heartbeat(trial_id)  # a queued trial (a retry, an enqueued family) begins
+        return changed
+
 
 def storage_failure(error: BaseException) -> BaseException | None:
     """The storage error behind ``error``, if any: itself, its cause, or what it was raised while handling
@@ -173,18 +196,21 @@ def database_error(error: BaseException) -> str:
 
 
 def _with_installed_driver(parsed: sqlalchemy.engine.URL) -> sqlalchemy.engine.URL:
-    """``postgresql://`` with the PostgreSQL driver that is installed (SQLAlchemy would insist on psycopg 3)."""
-    if parsed.drivername != "postgresql":
+    """``postgresql://`` / ``mysql://`` / ``mariadb://`` with a driver that is installed (SQLAlchemy would insist
+    on psycopg 3, and on mysqlclient)."""
+    drivers = {"postgresql": POSTGRES_DRIVERS, "mysql": MYSQL_DRIVERS, "mariadb": MYSQL_DRIVERS}.get(parsed.drivername)
+    if drivers is None:
         return parsed
-    installed = [name for name in POSTGRES_DRIVERS if importlib.util.find_spec(name) is not None]
-    return parsed.set(drivername=f"postgresql+{installed[0]}") if installed else parsed
+    installed = [name for name in drivers if importlib.util.find_spec(_MODULES.get(name, name)) is not None]
+    return parsed.set(drivername=f"{parsed.drivername}+{installed[0]}") if installed else parsed
 
 
 def _engine_options(parsed: sqlalchemy.engine.URL) -> dict[str, Any]:
     if parsed.get_backend_name() == "sqlite":
         _sqlite_url(parsed)
         return {"connect_args": {"timeout": 60}}  # several workers on one file wait for its lock
-    connect = {"connect_timeout": CONNECT_TIMEOUT} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
+    connect = ({"connect_timeout": CONNECT_TIMEOUT} if parsed.get_backend_name() in ("postgresql", "mysql", "mariadb")
+               else {})
     return {"pool_pre_ping": True, "connect_args": connect}  # a restarted server's dead connections are replaced
 
 
@@ -193,9 +219,19 @@ def _create_rdb(url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, An
     for attempt in range(1, SCHEMA_ATTEMPTS):
         try:
             return ReconnectingRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError
+                ) as error:
+            if isinstance(error, sqlalchemy.exc.OperationalError) and not _table_exists(error):
+                raise  # a server that is down or refuses the credentials: reported by the caller
             time.sleep(0.2 * attempt)  # another worker created a table or the version row first; now they exist
     return ReconnectingRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+
+
+def _table_exists(error: sqlalchemy.exc.OperationalError) -> bool:
+    """MySQL and MariaDB report a table another worker just created as an operational error (1050), not as
+    PostgreSQL's and SQLite's programming or integrity error."""
+    code = getattr(error.orig, "args", (None,))[:1]
+    return code == (1050,) or "already exists" in str(error.orig)
 
 
 def open_rdb(
@@ -223,6 +259,8 @@ def open_rdb(
         hint = DRIVERS.get(driver, driver)
         if parsed.drivername == "postgresql":
             hint = "psycopg2-binary (or 'psycopg[binary]')"
+        elif parsed.drivername in ("mysql", "mariadb"):
+            hint = "PyMySQL (or mysqlclient)"
         raise SearchConfigError(f"cannot open {shown}: its database driver is missing ({driver}); "
                                 f"pip install {hint}") from error
     except sqlalchemy.exc.NoSuchModuleError as error:

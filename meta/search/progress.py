@@ -1,9 +1,11 @@
 """A study's progress a person can follow: one line per finished trial, then a summary.
 
-``trial 3/12 #2 entity: 0.3125 | best 0.3500 (#1) | ~4 min left``: trials finished of the
+``trial 3/12 #2 entity: 0.3125 | best 0.3500 (#1) | 4 min left``: trials finished of the
 budget, the trial's number and what it tried, how it ended, the best value so far and an
-estimate of the time left (this session's mean time per trial × trials left). It is an
-Optuna study callback, so ``maskpolicy-search`` and the Hydra sweeper print the same lines.
+estimate of the time left (this session's time per finished trial × trials left; before a
+trial has finished here, ``time left unknown``). A failed trial's line says how many failed in a
+row (``| 2 failed in a row, time left unknown``): failures are not progress. It is an Optuna study
+callback, so ``maskpolicy-search`` and the Hydra sweeper print the same lines.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+from maskpolicy.meta.search.faults import FINISHED, SURPLUS_ATTR
 
 
 def family_label(trial: FrozenTrial) -> str:
@@ -36,19 +38,33 @@ class TrialProgress:
                  write: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.total, self.describe, self.clock = total, describe, clock
         self.write = write or (lambda line: print(line, flush=True))
-        self.started, self.ended_here = clock(), 0
+        self.started, self.finished_here, self.failed_in_row = clock(), 0, 0
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.ended_here += 1
+        if trial.user_attrs.get(SURPLUS_ATTR):
+            self.write(f"trial #{trial.number} not run: the study already had its {self.total} trials finished, "
+                       "running or queued")
+            return
+        if trial.state in FINISHED:
+            self.finished_here, self.failed_in_row = self.finished_here + 1, 0
+        elif trial.state == TrialState.FAIL:
+            self.failed_in_row += 1
         self.write(self.line(study, trial))
 
     def line(self, study: optuna.Study, trial: FrozenTrial) -> str:
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         left = max(self.total - finished, 0)
-        per_trial = (self.clock() - self.started) / max(self.ended_here, 1)
+        if not left:
+            eta = "done"
+        elif self.finished_here:
+            eta = f"{duration((self.clock() - self.started) / self.finished_here * left)} left"
+        else:
+            eta = "time left unknown"
+        if trial.state == TrialState.FAIL and self.failed_in_row:
+            eta = f"{self.failed_in_row} failed in a row, {eta}"
         what = f" {self.describe(trial)}" if self.describe(trial) else ""
         return (f"trial {finished}/{self.total} #{trial.number}{what}: {outcome(trial)} | best {best_text(study)} | "
-                f"{duration(per_trial * left) if left else 'done'}{' left' if left else ''}")
+                f"{eta}")
 
     def summary(self, study: optuna.Study) -> None:
         trials = study.get_trials(deepcopy=False)

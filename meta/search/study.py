@@ -1,10 +1,11 @@
 """The Optuna study over masking policies: set-up, the trial function, and the worker processes.
 
 :func:`prepare` checks everything before any training (space, objectives, sampler, pruner,
-storage, final seeds) and opens or resumes the study; :func:`optimize` runs trials in this
-process until the study holds ``search.n_trials`` finished ones (a killed worker's trial
-is failed by its missing heartbeat and its parameters retried); :func:`start_workers`
-adds processes on the same storage.
+probe, storage, final seeds) and opens or resumes the study; :func:`optimize` runs trials in this
+process until the study holds exactly ``search.n_trials`` finished ones (a killed worker's trial
+is failed by its missing heartbeat and its parameters retried; ``search.max_consecutive_failures``
+failures in a row stop the study: :mod:`.faults`); :func:`start_workers` adds processes on the same
+storage.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import optuna
 import torch
 from omegaconf import DictConfig, OmegaConf
-from optuna.study import MaxTrialsCallback
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from maskpolicy.meta.console import run_log
@@ -40,6 +41,16 @@ from maskpolicy.meta.search.engines import (
     shown_location,
     storage_failure,
     wait_for_storage,
+)
+from maskpolicy.meta.search.faults import (
+    FAILURE_ATTR,
+    SURPLUS_ATTR,
+    FailureGuard,
+    StorageInterrupted,
+    Surplus,
+    TrialBudget,
+    TrialTakenOver,
+    clear_stop,
 )
 from maskpolicy.meta.search.objectives import Objective, ObjectiveError
 from maskpolicy.meta.search.progress import TrialProgress
@@ -124,6 +135,9 @@ def prepare(cfg: DictConfig, output_dir: Path) -> Search:
     seeds = final_seeds(cfg)
     # each worker process draws its own random stream, or workers would propose the same trials
     sampler = build_sampler(options.sampler, seed=cfg.seed * 1000 + options.worker_index)
+    if isinstance(sampler, optuna.samplers.GridSampler) and options.worker_index:
+        # a grid's order comes from its seed and a trial's number picks its point: every worker walks one order
+        sampler = build_sampler(options.sampler, seed=cfg.seed * 1000)
     pruner = build_pruner(options.pruner)
     pruning = pruning_plan(cfg, space, objectives)
     if not pruning.active and not isinstance(pruner, optuna.pruners.NopPruner):
@@ -134,6 +148,8 @@ def prepare(cfg: DictConfig, output_dir: Path) -> Search:
     study = optuna.create_study(storage=storage, study_name=options.study_name, sampler=sampler, pruner=pruner,
                                 directions=[o.direction for o in objectives], load_if_exists=True)
     study.set_user_attr("pruning", pruning.record())  # the report reads which steps hold which signal
+    if options.role == "main":
+        clear_stop(study)
     if options.every_family_first and options.role == "main" and not study.get_trials(deepcopy=False):
         for family in list(space.families)[: options.n_trials]:  # the other parameters are left to the sampler
             study.enqueue_trial({"family": family}, skip_if_exists=True)
@@ -165,18 +181,23 @@ def pruning_plan(cfg: DictConfig, space: SearchSpace, objectives: Sequence[Objec
     longest = max([cfg.pretrain.steps, *(max(values) for values in budgets)])
     shortest = min([cfg.pretrain.steps, *(min(values) for values in budgets)]) if budgets else cfg.pretrain.steps
     objective = objective_defs.pruned_objective(objectives)
-    every = cfg.pretrain.probe.every if cfg.search.pruning.pretraining else 0
+    probe_every = cfg.pretrain.probe.every or 0
+    if probe_every > shortest:  # every trial's pre-training would refuse it, whatever is pruned
+        pruned = cfg.search.pruning.pretraining and objective is not None
+        raise SearchConfigError(
+            f"pretrain.probe.every={probe_every} is longer than the shortest pre-training budget ({shortest} steps): "
+            f"the probe would never run{', so no trial could be pruned during pre-training' if pruned else ''}, and "
+            f"every trial would stop on it before training. Lower pretrain.probe.every (at most {shortest}) or set "
+            "pretrain.probe.every=0 (no probe"
+            + (", and no pruning before fine-tuning)" if pruned else "; search.pruning.pretraining=false alone "
+               "still runs it, unreported)")
+        )
+    every = probe_every if cfg.search.pruning.pretraining else 0
     start = float(cfg.search.pruning.get("start_fraction") or 0.0)
     if objective is None:
         return PruningPlan(None, None, None, longest + 1, "Optuna prunes single-objective studies only")
     if not 0.0 <= start < 1.0:
         raise SearchConfigError(f"search.pruning.start_fraction must be in [0, 1), got {start}")
-    if every and every > shortest:
-        raise SearchConfigError(
-            f"pretrain.probe.every={every} is longer than the shortest pre-training budget ({shortest} steps): the "
-            "probe would never run, so no trial could be pruned during pre-training; lower pretrain.probe.every or "
-            "set search.pruning.pretraining=false"
-        )
     if every and (shortest // every) * every < start * shortest:
         raise SearchConfigError(
             f"with pretrain.probe.every={every} the shortest pre-training budget ({shortest} steps) has no probe "
@@ -233,14 +254,23 @@ def _check_run_keys(cfg: DictConfig, space: SearchSpace) -> None:
                                 "check the spelling against `maskpolicy-search --cfg job`")
 
 
-def trial_function(cfg: DictConfig, search: Search, output_dir: Path, names: RunNames
-                   ) -> Callable[[optuna.Trial], Any]:
-    """The function Optuna calls: one trial = one policy pre-trained, scored and fine-tuned, judged on dev."""
+def trial_function(cfg: DictConfig, search: Search, output_dir: Path, names: RunNames,
+                   budget: TrialBudget | None = None) -> Callable[[optuna.Trial], Any]:
+    """The function Optuna calls: one trial = one policy pre-trained, scored and fine-tuned, judged on dev.
+
+    A trial that ``budget`` finds surplus fails at once, unrun; a trial whose storage call fails (the database
+    went away) raises :class:`.faults.StorageInterrupted` and is left to its heartbeat; one that another worker
+    failed as stale meanwhile raises :class:`.faults.TrialTakenOver` and is left as it is.
+    """
     def evaluate(trial: optuna.Trial) -> float | tuple[float, ...]:
-        suggestion = search.space.suggest(trial)
-        trial.set_user_attr("policy", suggestion.policy)
-        trial.set_user_attr("overrides", suggestion.overrides)
         try:
+            if budget is not None and budget.surplus(trial.number):
+                trial.set_user_attr(SURPLUS_ATTR, True)
+                raise Surplus(f"trial {trial.number} not run: the study already has its {budget.total} trials "
+                              "finished, running or queued (another worker started one at the same moment)")
+            suggestion = search.space.suggest(trial)
+            trial.set_user_attr("policy", suggestion.policy)
+            trial.set_user_attr("overrides", suggestion.overrides)
             trial_dir = output_dir / "trials" / f"{trial.number:04d}"
             with run_log(trial_dir / "run.log"):  # the search's console shows one line per trial
                 results = run_configuration(cfg, suggestion.policy, suggestion.overrides, cfg.seed, trial_dir,
@@ -248,10 +278,15 @@ def trial_function(cfg: DictConfig, search: Search, output_dir: Path, names: Run
                                             test=False, callbacks=search.pruning.callbacks(trial))
             record(trial, results)
             return objective_defs.values(search.objectives, results)
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, Surplus):
             raise
+        except UpdateFinishedTrialError as error:
+            raise TrialTakenOver(f"trial {trial.number}: {error}") from error
         except Exception as error:  # recorded on the trial; the study goes on (optimize catches it)
-            trial.set_user_attr("failure", f"{type(error).__name__}: {error}")
+            if storage_failure(error) is not None:
+                raise StorageInterrupted(f"trial {trial.number}: {database_error(storage_failure(error))}"
+                                         ) from error
+            trial.set_user_attr(FAILURE_ATTR, f"{type(error).__name__}: {error}")
             raise
 
     return evaluate
@@ -265,23 +300,37 @@ def record(trial: optuna.Trial, results: PretrainResults) -> None:
 
 
 def optimize(cfg: DictConfig, search: Search, output_dir: Path, names: RunNames) -> None:
-    """Runs trials in this process until the study holds ``search.n_trials`` finished ones."""
-    if len(search.study.get_trials(deepcopy=False, states=FINISHED)) >= cfg.search.n_trials:
-        return
-    budget = MaxTrialsCallback(cfg.search.n_trials, states=FINISHED)
+    """Runs trials in this process until the study holds ``search.n_trials`` finished ones (exactly, on a storage
+    with a heartbeat), the sampler has nothing new and nothing is pending, or failures repeat."""
+    study, budget = search.study, TrialBudget(search.study, cfg.search.n_trials)
+    guard = FailureGuard(int(cfg.search.get("max_consecutive_failures") or 0),
+                         where=f"{output_dir / 'trials'}/NNNN/run.log (a worker's: its own run directory)")
+    progress = TrialProgress(cfg.search.n_trials)
+    evaluate = trial_function(cfg, search, output_dir, names, budget)
+    exhausted = False  # the sampler stopped the study (a grid walked): only queued retries may still start
     while True:
         try:
-            search.study.optimize(trial_function(cfg, search, output_dir, names),
-                                  callbacks=[budget, TrialProgress(cfg.search.n_trials)], catch=(Exception,),
-                                  gc_after_trial=True)
-            return
-        except Exception as error:
+            guard.check(study)
+            counts = budget.counts()
+            if budget.done(counts) or exhausted and not (counts.waiting or counts.running):
+                return
+            if not budget.may_start(counts, exhausted):
+                budget.wait()  # every slot is taken; a trial that dies frees one (failed, its parameters queued)
+                continue
+            study.optimize(evaluate, n_trials=1, callbacks=[progress, guard], catch=(Exception,),
+                           gc_after_trial=True)
+            exhausted = exhausted or study._stop_flag
+        except (UpdateFinishedTrialError, TrialTakenOver) as error:
+            # this worker's trial was failed by another one while it still ran (a heartbeat late by more than the
+            # grace period, e.g. while the database was away); its parameters are retried there
+            log.warning("a trial of this worker was failed as stale by another worker (%s); going on", error)
+        except (Exception, StorageInterrupted) as error:
             lost = storage_failure(error)
             if lost is None:
                 raise
             timeout = cfg.search.get("reconnect_timeout", 60)
             log.warning("lost the study database (%s); waiting up to %s s for it", database_error(lost), timeout)
-            if not wait_for_storage(search.study, timeout):
+            if not wait_for_storage(study, timeout):
                 raise StorageLost(
                     f"lost the study database {search.storage_location_shown} during the search "
                     f"({database_error(lost)}) and it did not come back within search.reconnect_timeout={timeout} s. "

@@ -1,4 +1,4 @@
-"""Fixtures of the meta tests: typed run records made by hand."""
+"""Fixtures of the meta tests: typed run records made by hand, and throwaway PostgreSQL and MariaDB servers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,142 @@ def postgres() -> Iterator[PostgresServer]:
 def postgres_url(postgres, request) -> str:
     """A fresh database on the session's server, named after the test; its URL (with the password)."""
     return postgres.create_database(re.sub(r"\W", "_", request.node.name)[:60].lower())
+
+
+# ---------------------------------------------------------------------------- a throwaway MariaDB (MySQL) server
+
+MARIADB_ROOT_BINARIES = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin")
+
+
+def mariadb_binaries() -> tuple[Path, Path] | None:
+    """``mariadb-install-db`` and the server (``mariadbd``, or ``mysqld``): on the PATH or where Debian puts them."""
+    def find(*names: str) -> Path | None:
+        for name in names:
+            found = shutil.which(name) or shutil.which(name, path=":".join(MARIADB_ROOT_BINARIES))
+            if found:
+                return Path(found)
+        return None
+
+    install, server = find("mariadb-install-db", "mysql_install_db"), find("mariadbd", "mysqld")
+    return (install, server) if install and server else None
+
+
+@dataclass
+class MariaDBServer:
+    """A MariaDB server in a temporary directory, on a local port, with password authentication for the test user
+    (``mariadb-install-db`` + ``mariadbd``, as root with ``--user=root``: a throwaway server, nothing else)."""
+
+    install: Path
+    server: Path
+    root: Path
+    port: int
+    process: subprocess.Popen | None = None
+
+    def url(self, database: str = "maskpolicy", password: str = POSTGRES_PASSWORD, port: int | None = None) -> str:
+        return f"mysql+pymysql://{POSTGRES_USER}:{password}@127.0.0.1:{port or self.port}/{database}"
+
+    def _user(self) -> list[str]:
+        return ["--user=root"] if os.geteuid() == 0 else []
+
+    def initdb(self) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.install), "--no-defaults", f"--datadir={self.root / 'data'}",
+                               "--auth-root-authentication-method=normal", "--skip-test-db", *self._user()],
+                              capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL, cwd=self.root)
+
+    def start(self) -> subprocess.CompletedProcess:
+        command = [str(self.server), "--no-defaults", f"--datadir={self.root / 'data'}", f"--port={self.port}",
+                   "--bind-address=127.0.0.1", f"--socket={self.root / 'socket'}", f"--pid-file={self.root / 'pid'}",
+                   f"--log-error={self.root / 'server.log'}", "--skip-name-resolve", "--skip-log-bin",
+                   "--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=0", "--max-connections=200",
+                   *self._user()]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        stdin=subprocess.DEVNULL, cwd=self.root)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return subprocess.CompletedProcess(command, 1, "", f"mariadbd exited: {self.log()}")
+            try:
+                self._root_connection().close()
+                return subprocess.CompletedProcess(command, 0, "", "")
+            except Exception:  # not accepting connections yet
+                time.sleep(0.2)
+        return subprocess.CompletedProcess(command, 1, "", f"mariadbd did not answer within 60 s: {self.log()}")
+
+    def _root_connection(self):
+        import pymysql
+
+        return pymysql.connect(unix_socket=str(self.root / "socket"), user="root", autocommit=True,
+                               connect_timeout=2)
+
+    def add_user(self) -> None:
+        connection = self._root_connection()
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE USER '{POSTGRES_USER}'@'127.0.0.1' IDENTIFIED BY '{POSTGRES_PASSWORD}'")
+            cursor.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{POSTGRES_USER}'@'127.0.0.1'")
+            cursor.execute("CREATE DATABASE IF NOT EXISTS maskpolicy")  # the default database of url()
+        connection.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        done = self.start()
+        assert done.returncode == 0, done.stderr
+
+    def log(self) -> str:
+        path = self.root / "server.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+    def create_database(self, name: str) -> str:
+        connection = self._root_connection()
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cursor.execute(f"CREATE DATABASE `{name}`")
+        connection.close()
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDBServer]:
+    """A real MariaDB server for the session, stopped afterwards; skips, with the reason, where MariaDB or PyMySQL
+    is not installed or the server cannot start."""
+    pytest.importorskip("pymysql", reason="MariaDB tests skipped: pip install PyMySQL (the test extra)")
+    binaries = mariadb_binaries()
+    if binaries is None:
+        pytest.skip("MariaDB tests skipped: mariadb-install-db or mariadbd not found; apt-get install mariadb-server "
+                    "(.ci/run does it on a CI machine)")
+    root = Path(tempfile.mkdtemp(prefix="maskpolicy-mariadb-"))
+    server = MariaDBServer(*binaries, root, free_port())
+    try:
+        for step in (server.initdb, server.start):
+            done = step()
+            if done.returncode != 0:
+                pytest.skip(f"MariaDB tests skipped: {step.__name__} failed: {(done.stderr or done.stdout)[-500:]} "
+                            f"{server.log()[-500:]}")
+        server.add_user()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["postgres", "mariadb"])
+def database(request):
+    """Each real database server in turn (PostgreSQL, MariaDB); a server that cannot start skips its cases."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def database_url(database, request) -> str:
+    """A fresh database on the server, named after the test; its URL (with the password)."""
+    return database.create_database(re.sub(r"\W", "_", request.node.name)[:60].lower())
 
 
 # ---------------------------------------------------------------------------- experiment trackers, kept local

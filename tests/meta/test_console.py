@@ -23,7 +23,8 @@ TINY = ["task.n_people=40", "task.biographies_per_person=2", "pretrain.steps=4",
         "score.max_sequences=20", "model.config.hidden_size=32", "model.config.intermediate_size=64"]
 CHATTER = ("GPU available", "Tip:", "it/s]", "Epoch ", "Writing model shards", "Restoring states", "UserWarning")
 LINE = re.compile(r"^trial \d+/\d+ #\d+( \S+)?: (\d\.\d{4}|pruned at step \d+|failed.*) "
-                  r"\| best (-|\d\.\d{4} \(#\d+\)) \| (\d+ (s|min) left|\d\.\d h left|done)$")
+                  r"\| best (-|\d\.\d{4} \(#\d+\)) \| (\d+ failed in a row, )?(\d+ (s|min) left|\d\.\d h left|done|"
+                  r"time left unknown)$")
 
 
 class Clock:
@@ -56,6 +57,28 @@ def test_one_line_per_trial_with_value_best_so_far_and_time_left():
     progress.summary(study)
     assert lines[-1] == "study " + study.study_name + ": 2 complete, 1 pruned; best 0.5000 (#1); 2 min in this session"
     assert all(LINE.match(line) for line in lines[:3])
+
+
+def test_failures_are_not_progress_the_line_says_how_many_failed_in_a_row_and_guesses_no_time():
+    study = optuna.create_study(direction="maximize")
+    lines, clock = [], Clock()
+    progress = TrialProgress(3, write=lines.append, clock=clock)
+    for outcome in ("fail", "fail", 0.5, "fail"):
+        trial = study.ask()
+        clock.now += 1.0 if outcome == "fail" else 40.0
+        if outcome == "fail":
+            trial.set_user_attr("failure", "ConfigError: bad")
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, outcome)
+        progress(study, study.trials[-1])
+    assert lines == [
+        "trial 0/3 #0: failed: ConfigError: bad | best - | 1 failed in a row, time left unknown",
+        "trial 0/3 #1: failed: ConfigError: bad | best - | 2 failed in a row, time left unknown",
+        "trial 1/3 #2: 0.5000 | best 0.5000 (#2) | 84 s left",   # 42 s per finished trial, 2 left
+        "trial 1/3 #3: failed: ConfigError: bad | best 0.5000 (#2) | 1 failed in a row, 86 s left",
+    ]
+    assert all(LINE.match(line) for line in lines)
 
 
 def test_durations_read_in_the_unit_a_person_expects():

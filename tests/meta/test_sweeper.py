@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -206,3 +208,44 @@ def test_an_unparsable_sweep_expression_stops_before_any_run(tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "cannot parse the sweep override 'policy.rate=interval(0.1)'" in done.stderr
     assert "interval(low,high)" in done.stderr and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.slow
+def test_runs_that_keep_failing_stop_the_sweep_naming_their_error(tmp_path):
+    done = sweep(tmp_path, "policy=choice(random,span)", "policy.rate=interval(1.5,2.0)", "hydra.sweeper.n_trials=5",
+                 "hydra.sweeper.max_consecutive_failures=2", check=False)
+    assert done.returncode != 0
+    assert ("the study stopped: the last 2 trials (#0, #1) failed (hydra.sweeper.max_consecutive_failures=2), all "
+            "with the same error but for its numbers, the last: PolicyError: policy: masking rate must be in (0, 1]"
+            ) in done.stderr and "Heartbeat of storage" not in done.stderr
+    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.FAIL] * 2  # stopped: no third run
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_batch_leaves_a_trial_the_next_one_fails_and_runs_again_first(tmp_path):
+    beat = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3", "hydra.sweeper.n_trials=2",
+            "policy=choice(random,span)", "policy.rate=interval(0.1,0.3)", "hydra.sweeper.sampler=random"]
+    command = [sys.executable, "-m", "maskpolicy.meta.commands.pretrain", "-m", "hydra/sweeper=maskpolicy_optuna",
+               *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", *beat, "pretrain.steps=2000",
+               "pretrain.checkpoint_every=2000"]
+    killed = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL, env={**os.environ, "CI": "true", "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "sweep" / "0" / "pretrain" / "metrics.csv").exists():  # its first run pre-trains
+            assert time.monotonic() < deadline and killed.poll() is None, "the sweep never started its first run"
+            time.sleep(0.5)
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    before = study_of(tmp_path).trials
+    assert [t.state for t in before] == [TrialState.RUNNING]  # ask-and-tell: nobody told it
+    time.sleep(4)  # past the grace period of its last heartbeat
+    done = sweep(tmp_path, *beat)
+    trials = study_of(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == before[0].params  # retried first
+    first = next(line for line in done.stdout.splitlines() if line.startswith("trial "))
+    assert first.startswith("trial 1/2 #1 ")
+    assert (tmp_path / "sweep" / "1" / "results.json").exists()  # run directories are named by trial number
+    assert not (tmp_path / "sweep" / "0" / "results.json").exists()

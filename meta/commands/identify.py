@@ -8,7 +8,7 @@ with the optimal predictor's parametric form (:mod:`maskpolicy.tasks.tractable.m
 the exact population or on samples, read their parameters off, match states to the truth
 (Hungarian) and judge: a task identifies the model when every restart that reaches the optimal
 loss recovers the true parameters (:mod:`maskpolicy.meta.identifiability`) → per family × task ×
-start, how many models give each verdict → ``results.json`` and ``recovery.png``.
+start, how many models give each verdict → ``results.json``, ``summary.md`` (the table) and ``recovery.png``.
 """
 
 from __future__ import annotations
@@ -29,13 +29,15 @@ from maskpolicy.meta.identifiability.cell import Settings, measure_cell, summari
 from maskpolicy.meta.identifiability.claims import SEARCHED, STARTS, STATIONARY
 from maskpolicy.meta.identifiability.plots import recovery_figure
 from maskpolicy.meta.identifiability.recovery import IDENTIFIED
-from maskpolicy.meta.results.files import write_png
+from maskpolicy.meta.identifiability.table import summary_table
+from maskpolicy.meta.results.files import write_png, write_text
 from maskpolicy.meta.results.schema import IdentifyResults, Named, save
 from maskpolicy.tasks.tractable.hmm_models import HMM
 from maskpolicy.tasks.tractable.masked_hmm import MaskedPredictionTask
 
 log = logging.getLogger(__name__)
 FIGURE = "recovery.png"
+TABLE = "summary.md"
 SETTINGS = ("data", "n_samples", "restarts", "adam_steps", "lr", "lbfgs_iterations", "loss_tolerance",
             "recovery_tolerance", "heldout_rows")
 
@@ -63,6 +65,7 @@ def run_identify(cfg: DictConfig, output_dir: Path) -> IdentifyResults:
         seeds=list(options.seeds), starts=list(options.starts), length=options.length,
         heldout_rows=options.heldout_rows, summary=summarise(cells), paper_search=SEARCHED)
     save(output_dir, results)
+    write_text(output_dir / TABLE, summary_table([results]))
     if options.plot:
         write_png(output_dir / FIGURE, recovery_figure(results))
     return results

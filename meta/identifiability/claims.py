@@ -12,9 +12,18 @@ A statement is *stated* for the tasks it names. Two consequences are ours, and h
 predictor class that contains the truth: a task whose patterns include an identifying task's
 identifies too (its optimum is optimal for every pattern), and a task whose patterns are part of a
 non-identifying task's does not identify either (the other optimum of the larger task is optimal
-for each of its patterns). The paper's model class ties the predictor's start to the stationary
+for each of its patterns). The paper's model class (as issue 25 reads it) ties the predictor's start to the stationary
 distribution of its transition, as the data's is; a free start is a larger class, which keeps every
 non-identifying alternative but may add others, so only "does not identify" carries over to it.
+
+A "does not identify" statement says that some HMM has another optimum; a measured model is a
+different HMM. For the pairwise statements the gap is closed by a construction of ours, checked
+exactly in the tests: on any discrete HMM with K ≥ 3 states and positive parameters, the emission
+``S·O`` and transition ``S T S⁻¹``, with ``S = diag(π)^(−1/2) Q diag(π)^(1/2)`` and Q a small rotation
+about √π, are stochastic, differ from the truth by more than a permutation, and keep every
+pairwise joint ``Oᵀ diag(π) Tᵏ O`` and the stationary start, so every sum of pairwise tasks has a
+continuum of optima on every such model. Claim 1's consequence is judged only on models whose
+``T²`` has another stochastic square root (a condition checked per model).
 """
 
 from __future__ import annotations
@@ -33,11 +42,13 @@ RECALLED = "arXiv 2202.09305, as recalled in an earlier session"
 RECALL = "recalled, not read; no source read here numbers it"
 
 SEARCHED = (
-    "the paper's text was looked for on this machine (the project venv's site-packages, /usr/lib/python3*, "
-    "/usr/share/doc, /usr/local/lib, /work) and in the PyPI and npm name lists (identifiability, masked "
-    "prediction, hidden Markov, the authors' names, the arXiv number); the only related packages, "
-    "identifiability 0.5.1 and identifiability-diagnostic 1.0.1 (PyPI), neither cite nor carry it; the arXiv "
-    "client packages fetch from arxiv.org, which this environment cannot reach"
+    "2026-12-02, the search tool's stored corpora: its pages corpus holds the NeurIPS 2022 text "
+    "(object.cloud.sdsc.edu …/ml-papers-txt/NeurIPS/2022/masked_prediction_a_parameter_identifiability_view__4e39fe53"
+    ".txt), the arXiv 2202.09305 HTML (ar5iv.arxiv.org/html/2202.09305) and the OpenReview forum (id Hbvlb4D1aFC), "
+    "but answers only with each page's opening (title, authors, abstract, first lines of the introduction) however "
+    "the query names a theorem, so no statement's wording could be read; its code, docs and issues corpora hold no "
+    "copy, LaTeX source or code of the paper. Earlier: this machine's files (the venv's site-packages, "
+    "/usr/lib/python3*, /usr/share/doc, /usr/local/lib, /work) and the environment's package lists, without a copy"
 )
 
 

@@ -326,8 +326,8 @@ class IdentifySummary:
     verdicts: dict[str, int]     # verdict → number of models
     reached: list[int]           # restarts at the optimum, per model (in seed order)
     paper_says_identifiable: bool | None = None
-    paper_label: str | None = None          # e.g. "Theorem 4 (stated)", "follows from Theorem 4"
-    applies: int = 0             # models whose conditions the statement's are
+    paper_label: str | None = None          # e.g. "Theorem 4", "follows from Theorem 4", "unnumbered, recalled"
+    applies: int = 0             # models that meet the statement's conditions
     agree: int = 0               # … of which the verdict agrees with it
     disagree: int = 0
 

@@ -25,8 +25,9 @@ from maskpolicy.meta.identifiability.recovery import (
     true_parameters,
     verdict,
 )
+from maskpolicy.meta.identifiability.table import summary_table
 from maskpolicy.meta.identifiability.training import fit_restarts, polish
-from maskpolicy.meta.results.schema import IdentifyResults, load
+from maskpolicy.meta.results.schema import IdentifyCell, IdentifyResults, IdentifySummary, load
 from maskpolicy.tasks.base import TaskError
 from maskpolicy.tasks.tractable.hmm_models import (
     DiscreteHMM,
@@ -171,8 +172,10 @@ def test_every_model_and_task_of_the_config_builds():
     for name, node in options.models.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # the overcomplete families warn by design
-            model = build(node, name, seed=0)
+            model = build(node, name, **({"seed": 0} if "random_" in node._target_ else {}))
         assert model.conditions() and model.kind in name and model.stationary_start
+    roots = build(options.models.gaussian_square_roots, "gaussian_square_roots")   # Claim 1's case, in the study
+    assert roots.conditions()["T² has another stochastic square root"] and all(roots.conditions().values())
     tasks = [build(node, name, name=name) for name, node in options.tasks.items()]
     assert [task.label for task in tasks] == [
         "x1 → x2", "x1 → x2 & x2 → x1", "x1 → x2 & x2 → x1 & x2 → x3 & x3 → x2 & x1 → x3 & x3 → x1", "x1 → x3",
@@ -313,6 +316,11 @@ def test_a_run_over_seeds_and_starts_counts_the_models_per_verdict(tmp_path):
     for cell in results.cells:   # every G-HMM restart scored again on fresh rows
         assert all(r.heldout_excess_loss is not None for r in cell.restarts)
         assert min(r.heldout_excess_loss for r in cell.restarts) > -1e-12   # the truth is the held-out optimum
+    table = (tmp_path / "summary.md").read_text().splitlines()   # one row per task, both starts in it
+    assert len(table) == 4 and table[2].startswith("| `x1 → x2` | gaussian | no statement |")
+    assert table[3].startswith("| `x1 → x3` | gaussian | follows from Claim 1: does not identify; its conditions "
+                               "hold for 0/2 |")   # neither model's T² has another stochastic square root
+    assert "not run" not in "".join(table)
     assert not (tmp_path / "recovery.png").exists()   # plot=false
 
 
@@ -362,3 +370,33 @@ def test_bad_study_settings_are_refused_by_name(tmp_path, override, message):
         overrides.append(f"identify.only_models=[{name}]")
     with pytest.raises((ConfigError, TaskError), match=message):
         run_identify(config(*overrides), tmp_path)
+
+
+def test_the_summary_table_joins_a_study_and_its_ablation():
+    def summary(task, start, verdicts, reached, label, identifiable, applies, agree, disagree=0):
+        return IdentifySummary("discrete", task, f"{task} patterns", start, 3, verdicts, reached, identifiable, label,
+                               applies, agree, disagree)
+
+    def cell(task, seed, error, heldout=None):
+        return IdentifyCell("discrete", task, f"{task} patterns", NOT_IDENTIFIED, 1, error, 0.0, error, 0.0, 0.0, [],
+                            seed=seed, start="stationary", heldout_excess_max=heldout)
+
+    def run(summaries, cells=()):
+        return IdentifyResults({}, {}, {}, "population", 8, 1e-6, 0.01, {}, list(cells), 0, 0.0,
+                               summary=summaries)
+
+    study = run([summary("a", "stationary", {NOT_IDENTIFIED: 3}, [7, 6, 8], "Theorem 4", False, 3, 3),
+                 summary("b", "stationary", {IDENTIFIED: 1, INCONCLUSIVE: 2}, [1, 0, 0], "Theorem 5", True, 2, 0, 1)],
+                [cell("a", 0, 0.25), cell("a", 1, 0.5), cell("b", 0, 0.125, 2e-3)])
+    ablation = run([summary("a", "free", {NOT_IDENTIFIED: 3}, [8, 8, 8], "Theorem 4", False, 3, 3)])
+    lines = summary_table([study, ablation]).splitlines()
+    assert lines[0].startswith("| task | HMM | the paper (expected) | stationary start: verdicts |")
+    assert lines[2:] == [
+        "| `a patterns` | discrete | Theorem 4: does not identify | not identified 3/3 | 7, 6, 8 of 8 "
+        "| 2.5e-01 – 5.0e-01 | — | 3/3 | not identified 3/3 |",
+        "| `b patterns` | discrete | Theorem 5: identifies; its conditions hold for 2/3 | inconclusive 2, identified 1 "
+        "(of 3) | 1, 0, 0 of 8 | 1.2e-01 | 2.0e-03 | **0/1** | not run |"]
+    with pytest.raises(TaskError, match="two runs both measured task a on discrete with a free start"):
+        summary_table([ablation, ablation])
+    with pytest.raises(TaskError, match="at least one run"):
+        summary_table([])

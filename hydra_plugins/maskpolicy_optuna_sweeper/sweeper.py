@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from maskpolicy.meta.config import plain
 from maskpolicy.meta.results.files import write_json
-from maskpolicy.meta.search.engines import build_pruner, build_sampler, open_storage
+from maskpolicy.meta.search.engines import build_pruner, build_sampler, open_storage, open_study
 from maskpolicy.meta.search.faults import (
     FAILURE_ATTR,
     SURPLUS_ATTR,
@@ -121,9 +121,8 @@ class MaskpolicyOptunaSweeper(Sweeper):
                              "through the storage; use null (study.db in the sweep directory) or a database URL")
         storage = open_storage(location, **self.heartbeat)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from TrialProgress instead
-        study = optuna.create_study(storage=storage, study_name=self.study_name, direction="maximize",
-                                    sampler=build_sampler(self.sampler_node, self.seed),
-                                    pruner=build_pruner(self.pruner_node), load_if_exists=True)
+        study = open_study(storage, self.study_name, direction="maximize",
+                           sampler=build_sampler(self.sampler_node, self.seed), pruner=build_pruner(self.pruner_node))
         study.set_user_attr(PRUNER_ATTR, plain(self.pruner_node))
         clear_stop(study)
         return study

@@ -33,8 +33,10 @@ installed and mysqlclient is not.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
+import sqlite3
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -127,6 +129,30 @@ def _sqlite_url(url: sqlalchemy.engine.URL) -> None:
     """Checks an SQLite file's directory up front (SQLite's own error says only 'unable to open')."""
     if url.database and url.database != ":memory:":
         _writable_directory(Path(url.database).expanduser(), "SQLite database")
+        _check_sqlite_file(Path(url.database).expanduser())
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """A study file that exists must be a whole SQLite database (SQLite's quick check), else a damaged file (a
+    truncated copy, a full disk, bits flipped) would fail deep inside Optuna, or look like an empty study."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # a new study
+    problem = None
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+        try:
+            rows = connection.execute("PRAGMA quick_check").fetchall()
+            if rows != [("ok",)]:
+                problem = "; ".join(str(row[0]) for row in rows[:3])
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        problem = str(error)
+    if problem is not None:
+        raise SearchConfigError(
+            f"{path} is not a whole SQLite study database ({problem}): the file is damaged (truncated, overwritten "
+            "or written to a full disk). Restore it from a copy, or move it away to start a new study"
+        )
 
 
 class ReconnectingRDBStorage(optuna.storages.RDBStorage):
@@ -158,6 +184,26 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
         if changed and state == RUNNING and self.heartbeat_interval is not None:
             self.record_heartbeat(trial_id)  # a queued trial (a retry, an enqueued family) begins
         return changed
+
+
+def open_study(storage: BaseStorage, study_name: str, **options: Any) -> optuna.Study:
+    """``optuna.create_study(load_if_exists=True)`` with its trials read once, so that an SQLite study file whose
+    records cannot be read (bits flipped inside a row) stops here with a :class:`SearchConfigError` naming the file,
+    not later deep inside Optuna. A server database's errors pass through (a lost server is handled elsewhere)."""
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True, **options)
+        study.get_trials(deepcopy=False)
+        return study
+    except (sqlalchemy.exc.DatabaseError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        engine = getattr(storage, "engine", None)
+        if engine is None or engine.url.get_backend_name() != "sqlite":
+            raise
+        path = engine.url.database
+        raise SearchConfigError(
+            f"{path} is not a whole SQLite study database ({database_error(error)}): the file is damaged "
+            "(truncated, overwritten or written to a full disk). Restore it from a copy, or move it away to start a "
+            "new study"
+        ) from error
 
 
 def storage_failure(error: BaseException) -> BaseException | None:

@@ -38,6 +38,7 @@ from maskpolicy.meta.search.engines import (
     build_sampler,
     database_error,
     open_storage,
+    open_study,
     shown_location,
     storage_failure,
     wait_for_storage,
@@ -145,8 +146,8 @@ def prepare(cfg: DictConfig, output_dir: Path) -> Search:
         pruner = optuna.pruners.NopPruner()
     location = options.storage or str(output_dir / "study.db")
     storage = open_storage(location, options.heartbeat_interval, options.grace_period, options.max_retry)
-    study = optuna.create_study(storage=storage, study_name=options.study_name, sampler=sampler, pruner=pruner,
-                                directions=[o.direction for o in objectives], load_if_exists=True)
+    study = open_study(storage, options.study_name, sampler=sampler, pruner=pruner,
+                       directions=[o.direction for o in objectives])
     study.set_user_attr("pruning", pruning.record())  # the report reads which steps hold which signal
     if options.role == "main":
         clear_stop(study)

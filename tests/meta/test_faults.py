@@ -3,6 +3,7 @@ study (and resuming it), an exact trial budget, a lost database inside a trial, 
 
 from __future__ import annotations
 
+import os
 import time
 from types import SimpleNamespace
 
@@ -217,3 +218,50 @@ def test_the_progress_line_of_a_surplus_trial_says_it_did_not_run():
     trial = SimpleNamespace(number=7, user_attrs={faults.SURPLUS_ATTR: True})
     progress(None, trial)
     assert lines == ["trial #7 not run: the study already had its 2 trials finished, running or queued"]
+
+
+# ---------------------------------------------------------------------------- a disk that fills or turns read-only
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs mounted for the test (as root, where mounting is allowed); skipped with the reason otherwise."""
+    import shutil
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = shutil.which("mount")
+    if mount is None or os.geteuid() != 0:
+        pytest.skip("disk tests skipped: mounting a small tmpfs needs root and mount(8)")
+    done = subprocess.run([mount, "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"disk tests skipped: cannot mount a tmpfs here ({done.stderr.strip()})")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_full_or_read_only_disk_stops_a_write_with_its_error_and_leaves_the_old_file_whole(small_disk):
+    import errno
+    import json
+    import subprocess
+
+    from maskpolicy.meta.results.files import write_json
+
+    target = small_disk / "results.json"
+    write_json(target, {"trial": 1, "value": 0.25})
+    with pytest.raises(OSError) as full:
+        write_json(target, {"trial": 2, "padding": "x" * 400_000})  # more than the disk holds
+    assert full.value.errno == errno.ENOSPC
+    assert json.loads(target.read_text()) == {"trial": 1, "value": 0.25}  # the old file, whole
+    assert [path.name for path in small_disk.iterdir()] == ["results.json"]  # no temporary file left
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(OSError) as read_only:
+        write_json(target, {"trial": 3})
+    assert read_only.value.errno in (errno.EROFS, errno.EACCES)
+    assert json.loads(target.read_text()) == {"trial": 1, "value": 0.25}
+    subprocess.run(["mount", "-o", "remount,rw,size=4m", str(small_disk)], check=True)  # space again: the re-run
+    write_json(target, {"trial": 2, "padding": "x" * 400_000})
+    assert json.loads(target.read_text())["trial"] == 2 and len(list(small_disk.iterdir())) == 1

@@ -218,7 +218,20 @@ def judge(train_path: Path, eval_path: Path, seed: int, overrides: Sequence[str]
 def _quality(policy: MaskingPolicy, rows: AnswerRows, pad: int, seed: int) -> dict:
     quality = mask_quality(policy, rows, pad, seed)
     return {"precision": quality.precision, "recall": quality.recall, "overlap": mask_overlap(policy, rows, pad, seed),
-            "masked_tokens": quality.masked_tokens, "answer_tokens": quality.answer_tokens}
+            "masked_tokens": quality.masked_tokens, "answer_tokens": quality.answer_tokens,
+            "select_ms_per_1000_tokens": select_cost(policy, rows, pad)}
+
+
+def select_cost(policy: MaskingPolicy, rows: AnswerRows, pad: int, repeats: int = 3) -> float:
+    """The fastest of ``repeats`` ``select`` calls on the whole held-out batch, in ms per 1,000 tokens (states and
+    features precomputed: what a pre-training step pays)."""
+    batch = token_batch(rows.batch(range(len(rows.rows)), pad)[0])
+    timings = []
+    for k in range(repeats):
+        started = time.perf_counter()
+        policy.select(batch, torch.Generator().manual_seed(k))
+        timings.append(time.perf_counter() - started)
+    return round(1e6 * min(timings) / max(int(batch.maskable.sum()), 1), 3)
 
 
 def mask_overlap(policy: MaskingPolicy, rows: AnswerRows, pad: int, seed: int) -> float:
@@ -375,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{name} / entity precision per fold: {ratios(runs, name)}")
     if "learned_states" in stats:
         print(target_line(runs))
+    costs = {name: statistics.fmean(run["policies"][name]["select_ms_per_1000_tokens"] for run in runs)
+             for name in ("learned", "learned_states", "entity") if name in stats}
+    print("select cost (ms per 1,000 maskable tokens, states precomputed): "
+          + ", ".join(f"{name} {value:.2f}" for name, value in costs.items()))
     if unseen:
         print("unseen articles (policies trained on every article of --files):")
         print(table(unseen))

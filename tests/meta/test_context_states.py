@@ -332,3 +332,20 @@ def test_minilm_states_reach_another_tokenizers_words(minilm, run_tokenizer):
     for word in words[~special].unique():  # word pooling: every piece of a word carries the same state
         assert (states[words == word] == states[words == word][0]).all()
     assert len(minilm.weights_sha256) == 64 and json.dumps(minilm.weights_sha256)
+
+
+@pytest.mark.slow
+def test_pretraining_with_a_saved_states_policy_masks_from_precomputed_states(encoder_dir, trained, tmp_path):
+    from maskpolicy.meta.pipeline import RunNames, run_pretraining
+
+    _, folder = trained
+    with initialize_config_module("maskpolicy.conf", version_base="1.3"):
+        cfg = compose("pretrain", overrides=[
+            "policy=artifact", f"policy.path={folder}", "task.n_people=24", "task.biographies_per_person=2",
+            "model.config.hidden_size=32", "model.config.intermediate_size=64", "pretrain.steps=2",
+            "pretrain.batch_size=8", "pretrain.checkpoint_every=0", "score.enabled=false", "finetune.epochs=1",
+            "finetune.batch_size=8", "trainer.enable_progress_bar=false", "logger=[csv]",
+            f"pretrain.states_cache={tmp_path / 'states'}"])
+    results = run_pretraining(cfg, tmp_path / "run", RunNames("artifact", "bioworld", "tiny_bert"))
+    assert results.pretrain.steps == 2 and results.pretrain.masked_tokens > 0
+    assert len(list((tmp_path / "states").rglob("*.safetensors"))) == 48  # every biography encoded once

@@ -132,24 +132,23 @@ def state_grid(params: HMMParameters, log_lik: Tensor, positions: Sequence[int],
 
     One grid axis per position of ``positions`` (sorted), the hidden states between them summed out
     exactly: the chain goes from one to the next by the matrix power ``T^gap``, and starts at the first
-    with ``initial · T^first``. ``evidence`` (default: all of ``positions``) must be among them.
-    ``log_lik`` ``[R, N, L, K]`` (:meth:`HMMParameters.log_likelihoods`). Built from broadcast sums —
-    no gathers over paths, no BLAS matrix products — so the result is bit-for-bit reproducible.
+    with ``initial · T^first``, both in log space (:func:`_log_product`). ``evidence`` (default: all
+    of ``positions``) must be among them. ``log_lik`` ``[R, N, L, K]``
+    (:meth:`HMMParameters.log_likelihoods`). Built from broadcast sums — no gathers over paths, no
+    BLAS matrix products — so the result is bit-for-bit reproducible.
     """
     restarts, rows, _, k = log_lik.shape
     used = sorted(positions)
     evidence = used if evidence is None else evidence
     _check_paths(k, len(used))
-    transition = params.log_transition.exp()
-    initial = params.log_initial.exp()
+    log_transition = params.log_transition
+    grid = params.log_initial
     for _ in range(used[0]):
-        initial = (initial[:, :, None] * transition).sum(1)
-    grid = initial.log()
+        grid = (grid[:, :, None] + log_transition).logsumexp(1)
     for i in range(1, len(used)):
-        step = transition
+        log_step = log_transition
         for _ in range(used[i] - used[i - 1] - 1):
-            step = _product(step, transition)
-        log_step = params.log_transition if step is transition else step.log()
+            log_step = _log_product(log_step, log_transition)
         grid = grid[..., None] + log_step.view(restarts, *([1] * (i - 1)), k, k)
     grid = grid[:, None]
     for t in evidence:
@@ -159,9 +158,15 @@ def state_grid(params: HMMParameters, log_lik: Tensor, positions: Sequence[int],
     return grid
 
 
-def _product(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` over the last two axes as a broadcast sum (no BLAS: bit-for-bit reproducible)."""
-    return (a[..., :, :, None] * b[..., None, :, :]).sum(-2)
+def _log_product(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """``log(exp(log_a) @ exp(log_b))`` over the last two axes, in log space, as a broadcast logsumexp (no BLAS).
+
+    In log space because a predictor can drive transition logits to −1000s: a power computed from
+    probabilities then underflows to 0 along paths that the adjacent-position grid (which uses the
+    log-probabilities directly) still counts, the predicted conditional no longer sums to 1, and
+    training exploits it (a cross-entropy of −984 nats against the truth's 0.99 was measured).
+    """
+    return (log_a[..., :, :, None] + log_b[..., None, :, :]).logsumexp(-2)
 
 
 def _log_lik(params: HMMParameters, pattern: MaskingPattern, values: Tensor, log_lik: Tensor | None) -> Tensor:

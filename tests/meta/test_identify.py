@@ -40,8 +40,10 @@ from maskpolicy.tasks.tractable.hmm_models import (
 from maskpolicy.tasks.tractable.masked_hmm import (
     HMMPredictor,
     MaskedPredictionTask,
+    all_sequences,
     masked_prediction_data,
     masked_prediction_loss,
+    predicted_log_prob,
 )
 
 PAIRWISE = MaskedPredictionTask([{"visible": [0], "predicted": [1]}])
@@ -401,3 +403,23 @@ def test_the_summary_table_joins_a_study_and_its_ablation():
         summary_table([ablation, ablation])
     with pytest.raises(TaskError, match="at least one run"):
         summary_table([])
+
+
+def test_a_predicted_conditional_sums_to_one_even_where_probabilities_underflow():
+    """Transition and emission log-probabilities in the −1000s (where training once went: T² from probabilities
+    underflowed on paths the adjacent grid still counted, and x1⊗x3 → x2 reached −984 nats): q(x2 | x1, x3) still
+    sums to 1 over x2, and the loss is no lower than the truth's."""
+    log_transition = torch.tensor([[-3300.0, -3306.0, 0.0], [-6.5, -3.6, -0.03], [0.0, -3382.0, -3385.0]],
+                                  dtype=torch.float64).log_softmax(-1)
+    log_emission = torch.tensor([[0.0, -4441.0, -4443.0, -4440.0], [-2741.0, 0.0, -120.7, -2737.0],
+                                 [-32.3, -0.33, -1.5, -2.9]], dtype=torch.float64).log_softmax(-1)
+    log_initial = torch.tensor([0.0, -900.0, -900.0], dtype=torch.float64).log_softmax(-1)
+    params = HMMParameters("discrete", log_initial[None], log_transition[None], log_emission[None])
+    task = MaskedPredictionTask([{"visible": [0, 2], "predicted": [1]}])
+    values = all_sequences(4, 3)
+    q = predicted_log_prob(params, task.patterns[0], values)[0].exp().view(4, 4, 4)   # [x1, x2, x3]
+    assert torch.allclose(q.sum(1), torch.ones(4, 4, dtype=torch.float64), rtol=0, atol=1e-12)
+    model = random_discrete_hmm(seed=2, concentration=1.0, balanced=False)
+    data = masked_prediction_data(model, task)
+    assert float(masked_prediction_loss(params, task, data)) > float(masked_prediction_loss(model.parameters(), task,
+                                                                                           data))

@@ -48,11 +48,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from maskpolicy.meta.config import ConfigError, build, plain
 from maskpolicy.meta.results.files import staged_directory, write_json
 from maskpolicy.meta.results.schema import BaseRecord, versions
+from maskpolicy.meta.training import fit_masked_lm
 from maskpolicy.policies import RandomPolicy
 from maskpolicy.tasks.base import Document, GeneralText, Task, TaskError, TitledText
 from maskpolicy.tasks.data.wikipedia import WikipediaSummaries
 from maskpolicy.tasks.text.encoding import encode_documents
-from maskpolicy.tasks.training.datamodule import RowsDataModule
 from maskpolicy.tasks.training.models import WEIGHT_FILES, LoadReport, ModelSpec
 from maskpolicy.tasks.training.pretraining import MaskedPretraining, build_corruption
 
@@ -162,8 +162,6 @@ def check_base(entry: Path, key: str) -> str | None:
 def _build(cfg: DictConfig, task: Task, spec: ModelSpec, general: GeneralCorpus, key: str,
            directory: Path) -> dict[str, Any]:
     """Trains the tokenizer and the model into ``directory`` and writes its card; returns the card."""
-    from maskpolicy.meta.pipeline import make_trainer  # the pipeline imports this module
-
     settings = _settings(cfg.base, spec)
     texts = [document.text for document in general.documents]
     # The tokenizer's vocabulary comes from the general text and the task's corpus: it learns which
@@ -179,13 +177,12 @@ def _build(cfg: DictConfig, task: Task, spec: ModelSpec, general: GeneralCorpus,
     trained = _trained_weights(model, loading, settings["train"])
     rows = encode_documents(texts, [document.entities for document in general.documents], tokenizer,
                             spec.max_length, spec.overflow)
-    data = RowsDataModule(rows, tokenizer.pad_token_id, batch_size=settings["batch_size"])
     module = MaskedPretraining(model, RandomPolicy(settings["rate"]), build_corruption(spec.kind, tokenizer),
                                settings["learning_rate"], seed=settings["seed"])
     # one device, one process: a base is built once, by whichever run asks first, before any data-parallel ranks
-    trainer = make_trainer(cfg, directory / "logs", "base", max_steps=settings["steps"], enable_checkpointing=False,
-                           devices=1, strategy="auto")
-    trainer.fit(module, datamodule=data)
+    trainer = fit_masked_lm(cfg, module, rows, tokenizer.pad_token_id, directory / "logs", "base",
+                            steps=settings["steps"], batch_size=settings["batch_size"], enable_checkpointing=False,
+                            devices=1, strategy="auto")
     if trainer.global_step < settings["steps"]:  # Lightning returns normally after an interrupt
         raise RuntimeError(f"the base's pre-training stopped at step {trainer.global_step} of {settings['steps']}; "
                            "nothing was cached, and the next run builds it again")

@@ -9,7 +9,6 @@ run's config (the ``pretrain`` config's shape) and returns a typed part of
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,14 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from maskpolicy.meta.base import base_checkpoint
 from maskpolicy.meta.config import ConfigError, build, build_policy, plain
-from maskpolicy.meta.console import StageProgressBar, show_bars
 from maskpolicy.meta.context import state_source
 from maskpolicy.meta.learning.artifacts import check_use
 from maskpolicy.meta.results.files import staged_directory
@@ -41,6 +38,14 @@ from maskpolicy.meta.results.schema import (
 from maskpolicy.meta.scoring.probe import ScoreProbe
 from maskpolicy.meta.scoring.text import score_text, target_documents
 from maskpolicy.meta.tables import fit_tables
+from maskpolicy.meta.training import (  # noqa: F401 (check_devices, data_parallel: the search imports them here)
+    check_devices,
+    check_single_job,
+    data_parallel,
+    fit_masked_lm,
+    make_trainer,
+    over_ranks,
+)
 from maskpolicy.policies import MaskingPolicy, RateSchedule
 from maskpolicy.tasks.base import Document, Task, TaskError
 from maskpolicy.tasks.text.encoding import encode_documents
@@ -51,7 +56,6 @@ from maskpolicy.tasks.training.models import LoadReport, ModelSpec
 from maskpolicy.tasks.training.pretraining import MaskedPretraining, build_corruption
 
 log = logging.getLogger(__name__)
-STAGE_NAMES = {"pretrain": "pre-training", "finetune": "fine-tuning", "base": "base pre-training"}
 
 
 @dataclass(frozen=True)
@@ -138,49 +142,6 @@ def build_downstream(cfg: DictConfig) -> DownstreamTask:
     return downstream
 
 
-def check_devices(trainer: DictConfig) -> None:
-    """Fails on ``trainer.devices`` beyond what this machine has: GPUs for a GPU accelerator (``auto`` with CUDA
-    present), CPU cores otherwise (one DDP process per device)."""
-    devices, accelerator = trainer.get("devices", "auto"), str(trainer.get("accelerator", "auto"))
-    wanted = len(devices) if OmegaConf.is_list(devices) else devices
-    if not isinstance(wanted, int) or wanted <= 0:
-        return  # "auto", -1 (every device) and device strings are Lightning's to check
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    asked, available, unit = ("GPUs", torch.cuda.device_count(), "GPUs") if on_gpu else (
-        "CPU processes", os.cpu_count() or 1, "CPU cores")
-    if wanted > available:
-        fix = f"set trainer.devices={available} or fewer" if available else "use trainer=cpu (trainer.accelerator=cpu)"
-        raise ConfigError(f"trainer.devices={wanted} asks for {wanted} {asked}, but this machine has {available} "
-                          f"{unit}; {fix}")
-
-
-def data_parallel(trainer: DictConfig) -> bool:
-    """Whether the trainer config may start several DDP processes (Lightning re-runs the command for each)."""
-    devices = trainer.get("devices", "auto")
-    single = devices == 1 or (OmegaConf.is_list(devices) and len(devices) == 1)
-    return str(trainer.get("strategy", "auto")).startswith("ddp") and not single
-
-
-def check_single_job(trainer: DictConfig, multirun: bool) -> None:
-    """Refuses DDP inside a Hydra multirun: Lightning would start each extra rank as a whole new sweep."""
-    if multirun and data_parallel(trainer):
-        raise ConfigError("trainer=ddp cannot run inside a multirun (-m): Lightning starts each extra rank by "
-                          "re-running the command line, which would start the whole sweep again. Run the "
-                          "combinations one at a time without -m, or use trainer=cpu / trainer=gpu in the sweep")
-
-
-def make_trainer(cfg: DictConfig, output_dir: Path, stage: str, **budget: Any) -> pl.Trainer:
-    """The configured trainer (``cfg.trainer``) with the configured loggers (``cfg.logger``) writing under ``stage``."""
-    check_devices(cfg.trainer)
-    loggers = [build(node, f"logger {name}", save_dir=str(output_dir), name=stage, version="")
-               for name, node in (cfg.get("logger") or {}).items()]
-    factory = build(cfg.trainer, "trainer")
-    bars = bool(cfg.trainer.get("enable_progress_bar", True)) and show_bars()
-    callbacks = [*budget.pop("callbacks", ()), *([StageProgressBar(STAGE_NAMES.get(stage, stage))] if bars else [])]
-    return factory(default_root_dir=output_dir, logger=loggers or False, enable_progress_bar=bars, callbacks=callbacks,
-                   **budget)
-
-
 def pretrain(cfg: DictConfig, run: Setup, output_dir: Path,
              callbacks: Callable[[ScoreProbe | None], Sequence[pl.Callback]] = _no_callbacks) -> PretrainStats:
     """Intermediate pre-training; resumes from ``checkpoints/pretrain/last.ckpt`` if present.
@@ -195,7 +156,6 @@ def pretrain(cfg: DictConfig, run: Setup, output_dir: Path,
                             features=FeatureSpec(counts=word_counts(texts),
                                                  context=state_source(run.policy, cfg.pretrain.get("states_cache"))))
     tables = fit_tables(run.policy, rows, run.tokenizer.pad_token_id, cfg.pretrain.get("tables_cache"))
-    data = RowsDataModule(rows, run.tokenizer.pad_token_id, batch_size=cfg.pretrain.batch_size)
     corruption = build_corruption(run.spec.kind, run.tokenizer, **cfg.pretrain.corruption)
     module = MaskedPretraining(run.model, run.policy, corruption, cfg.pretrain.learning_rate,
                                cfg.pretrain.weight_decay, cfg.pretrain.warmup_fraction, seed=cfg.seed,
@@ -205,30 +165,24 @@ def pretrain(cfg: DictConfig, run: Setup, output_dir: Path,
                             save_top_k=0)
     probe = make_probe(cfg, run)
     stage = [*([probe] if probe else []), *callbacks(probe)]
-    trainer = make_trainer(cfg, output_dir, "pretrain", max_steps=cfg.pretrain.steps, callbacks=[saver, *stage])
     last = checkpoints / "last.ckpt"
     if last.exists():
         log.info("resuming pre-training from %s", last)
-    trainer.fit(module, datamodule=data, ckpt_path=last if last.exists() else None)
+    trainer = fit_masked_lm(cfg, module, rows, run.tokenizer.pad_token_id, output_dir, "pretrain",
+                            steps=cfg.pretrain.steps, batch_size=cfg.pretrain.batch_size,
+                            resume=last if last.exists() else None, callbacks=[saver, *stage])
     if cfg.pretrain.save_model and trainer.is_global_zero:  # every DDP rank holds the same weights
         with staged_directory(output_dir / "pretrained") as staging:
             run.model.save_pretrained(staging)
             run.tokenizer.save_pretrained(staging)
     loss = trainer.callback_metrics.get("pretrain/loss")
-    return PretrainStats(steps=trainer.global_step, tokens=_over_ranks(trainer, module.tokens_seen),
-                         masked_tokens=_over_ranks(trainer, module.masked_seen),
+    return PretrainStats(steps=trainer.global_step, tokens=over_ranks(trainer, module.tokens_seen),
+                         masked_tokens=over_ranks(trainer, module.masked_seen),
                          final_loss=None if loss is None else float(loss), rows=len(rows),
                          probe=[[step, value] for step, value in probe.curve] if probe else [],
                          probe_target=probe.target if probe else None,
                          probe_seconds=round(probe.seconds, 2) if probe else None,
                          rates=module.rate_points(cfg.pretrain.steps), tables=[asdict(t) for t in tables])
-
-
-def _over_ranks(trainer: pl.Trainer, count: int) -> int:
-    """A count summed over the DDP ranks (each saw its own shard of the rows); the count itself in one process."""
-    if trainer.world_size == 1:
-        return count
-    return int(trainer.strategy.reduce(torch.tensor(count, dtype=torch.float64), reduce_op="sum").item())
 
 
 def make_probe(cfg: DictConfig, run: Setup) -> ScoreProbe | None:

@@ -40,18 +40,25 @@ def recovery_figure(results: IdentifyResults) -> Figure:
                         axis.scatter(x + offset, max(restart.error, ERROR_FLOOR), s=22, edgecolors=colour,
                                      facecolors=colour if restart.reached_optimum else "none", alpha=0.85)
                 identified = sum(c.verdict == IDENTIFIED for c in cells)
-                labels.append(f"{cells[0].patterns if cells else task}\n{identified}/{len(cells)} identified")
+                labels.append(f"{_short(cells[0].patterns) if cells else task}\n{identified}/{len(cells)} identified")
             axis.axhline(results.recovery_tolerance, color="tab:red", linestyle="--",
                          label=f"recovery tolerance {results.recovery_tolerance:g}")
-            for seed in seeds:
-                axis.scatter([], [], color=SEED_COLOURS[seeds.index(seed) % len(SEED_COLOURS)],
-                             label=f"seed {seed}: at the optimum")
-            axis.scatter([], [], facecolors="none", edgecolors="grey", label="hollow: short of the optimum")
             axis.set_xticks(range(len(tasks)), labels, fontsize=6.5, rotation=25, ha="right")
             axis.set_yscale("log")
             axis.set_ylabel("recovery error (max |Δ| of transition, emission)", fontsize=8)
             axis.set_title(f"{model} HMM, {start} start ({results.data} data, {results.restarts} restarts/seed)",
                            fontsize=9)
-            axis.legend(fontsize=6, loc="lower left")
-    figure.tight_layout()
+    for seed in seeds:   # one legend for the figure, below the panels: it hides no point
+        axes[0][0].scatter([], [], color=SEED_COLOURS[seeds.index(seed) % len(SEED_COLOURS)],
+                           label=f"seed {seed}: at the optimum" if seed is not None else "at the optimum")
+    axes[0][0].scatter([], [], facecolors="none", edgecolors="grey", label="hollow: short of the optimum")
+    figure.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(seeds) + 2, fontsize=7,
+                  frameon=False)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     return figure
+
+
+def _short(patterns: str) -> str:
+    """A task's patterns for a tick label; a long sum of patterns as its first and a count."""
+    parts = patterns.split(" & ")
+    return patterns if len(patterns) <= 30 else f"{parts[0]} & … ({len(parts)} patterns)"

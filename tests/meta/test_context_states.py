@@ -349,3 +349,17 @@ def test_pretraining_with_a_saved_states_policy_masks_from_precomputed_states(en
     results = run_pretraining(cfg, tmp_path / "run", RunNames("artifact", "bioworld", "tiny_bert"))
     assert results.pretrain.steps == 2 and results.pretrain.masked_tokens > 0
     assert len(list((tmp_path / "states").rglob("*.safetensors"))) == 48  # every biography encoded once
+
+
+def test_both_engines_take_the_same_first_answers_step_with_states(encoder_dir, tmp_path):
+    """The answers objective and the states change only the outer batch and the scorer's inputs: the ``higher`` and
+    ``torch.func`` hypergradients (checked against finite differences in ``test_inner.py``) still agree."""
+    off = ["learning.method=meta_learning", "learning.meta_learning.steps=1", "learning.meta_learning.batch_size=4",
+           "learning.meta_learning.outer=answers", "model.config.hidden_size=32", "model.config.intermediate_size=64",
+           "+model.config.hidden_dropout_prob=0.0", "+model.config.attention_probs_dropout_prob=0.0",
+           "++policy.context_dropout=0.0"]
+    runs = [train_policy(learn_config(encoder_dir, tmp_path, *off, f"learning.meta_learning.engine={engine}"))
+            for engine in ("higher", "torch_func")]
+    assert runs[0].history["outer_loss"][0] == pytest.approx(runs[1].history["outer_loss"][0], rel=1e-6)
+    for x, y in zip(runs[0].policy.scorer.parameters(), runs[1].policy.scorer.parameters(), strict=True):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-6)

@@ -92,8 +92,9 @@ class MaskingCollator:
             :mod:`maskpolicy.meta.context`) are cached by content hash; ``None`` keeps them in memory only.
             :meth:`fit` computes them for your texts ahead of time; :meth:`prepare` reads them (computing
             those it has not seen).
-        policy_params, params: the policy's constructor arguments, with a name or config; ``policy_params`` is
-            for a parameter whose name is one of the collator's own (a learned scorer's ``seed``).
+        policy_params: the policy's constructor arguments whose names are also the collator's own (a learned
+            scorer's ``seed``), with a name or config.
+        **params: the policy's other constructor arguments, with a name or config.
     """
 
     def __init__(

@@ -36,11 +36,12 @@ def mlm_corrupt(
     """BERT corruption of the selected positions.
 
     Args:
-        input_ids: ``Long[B, L]``; mask: ``Bool[B, L]`` selected positions.
+        input_ids: ``Long[B, L]``.
+        mask: ``Bool[B, L]``, the selected positions.
         replacement_ids: ``Long[V']`` ids a random replacement is drawn from
             (normally every non-special id of the vocabulary).
-        mask_fraction, random_fraction: shares of selected tokens replaced by the
-            mask token and by a random token; the rest stay unchanged.
+        mask_fraction: share of selected tokens replaced by the mask token.
+        random_fraction: share replaced by a random token; the rest stay unchanged.
     Returns ``(inputs, labels)``, both ``Long[B, L]``; labels hold the original id
     at selected positions and ``-100`` elsewhere.
     """
@@ -95,7 +96,9 @@ def sentinel_corrupt(
     """Seq2seq corruption: every masked span becomes one sentinel token.
 
     Args:
-        input_ids, attention_mask, mask: ``[B, L]``; ``mask`` never selects padding.
+        input_ids: ``Long[B, L]``.
+        attention_mask: ``[B, L]``.
+        mask: ``Bool[B, L]``; never selects padding.
         sentinel_ids: ``Long[S]``. One id (BART's ``<mask>``) is shared by every span;
             several (T5's ``<extra_id_k>``) are used in order, span k gets id k.
         target: ``"spans"`` — each masked span after its sentinel, then ``eos``;

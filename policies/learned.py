@@ -76,7 +76,8 @@ class LearnedPolicy:
         rate: fraction of maskable tokens to mask per row, in (0, 1].
         features: the feature names the scorer reads (a subset of :data:`.features.FEATURES`;
             default :data:`.features.DEFAULT_FEATURES`).
-        embedding_dim, hidden_size: scorer sizes.
+        embedding_dim: the scorer's feature embedding size.
+        hidden_size: the scorer's hidden size.
         sampling: ``"gumbel"`` (Gumbel top-k: varied masks that follow the scores) or
             ``"topk"`` (always the highest-scoring tokens).
         temperature: divides the logits before Gumbel sampling; lower is greedier.

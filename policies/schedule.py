@@ -24,7 +24,8 @@ class RateSchedule:
     Args:
         kind: ``constant`` (the policy's own rate), ``linear`` (start → end), ``cosine`` (start → end along
             half a cosine), ``step`` (start until the fraction ``at`` of training, end after).
-        start, end: rates in (0, 1]; ``start=None`` / ``end=None`` mean the policy's own rate.
+        start: the first rate, in (0, 1]; ``None``: the policy's own rate.
+        end: the last rate, in (0, 1]; ``None``: the policy's own rate.
         at: for ``step``, the fraction of the schedule at which the rate switches, in (0, 1).
         steps: the schedule's length in optimisation steps (the end rate holds after it); ``None``: all of
             training.

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
-from maskpolicy.meta.identifiability.claims import STATIONARY, UNNUMBERED, claim_for, conditions_hold
+from maskpolicy.meta.identifiability.claims import (
+    STATIONARY,
+    UNNUMBERED,
+    UNNUMBERED_SOURCE,
+    claim_for,
+    conditions_hold,
+)
 from maskpolicy.meta.identifiability.recovery import (
     IDENTIFIED,
     INCONCLUSIVE,
@@ -124,9 +130,8 @@ def summarise(cells: list[IdentifyCell]) -> list[IdentifySummary]:
     summaries = []
     for (model, task, start), group in groups.items():
         first = next((cell for cell in group if cell.paper_says_identifiable is not None), group[0])
-        number = first.paper_number or UNNUMBERED
-        label = None if first.paper_basis is None else number if first.paper_basis == "stated" else (
-            f"follows from {number}")
+        label = None if first.paper_basis is None else (first.paper_number or UNNUMBERED) if (
+            first.paper_basis == "stated") else f"follows from {first.paper_number or UNNUMBERED_SOURCE}"
         summaries.append(IdentifySummary(
             model=model, task=task, patterns=group[0].patterns, start=start or STATIONARY, models=len(group),
             verdicts=dict(Counter(cell.verdict for cell in group)), reached=[cell.reached for cell in group],

@@ -41,6 +41,7 @@ AUDIT = "numbering and gist from a third-party audit of the NeurIPS paper (quote
 RECALLED = "arXiv 2202.09305, as recalled in an earlier session"
 RECALL = "recalled, not read; no source read here numbers it"
 UNNUMBERED = "unnumbered, recalled"   # how a statement without a number is named in tables
+UNNUMBERED_SOURCE = f"an {UNNUMBERED} statement"   # … and as the source of a consequence
 
 SEARCHED = (
     "2026-12-02, the search tool's stored corpora: its pages corpus holds the NeurIPS 2022 text "
@@ -152,7 +153,8 @@ def claim_for(kind: str, task: MaskedPredictionTask, start: str = STATIONARY) ->
         implied = claim.patterns < patterns if claim.identifiable else patterns < claim.patterns
         if implied and claim.basis == "stated":
             return Claim(kind, patterns, claim.identifiable, claim.statement, claim.conditions, claim.source,
-                         max(claim.length, task.length), basis=f"follows from {claim.source.number or UNNUMBERED}")
+                         max(claim.length, task.length),
+                         basis=f"follows from {claim.source.number or UNNUMBERED_SOURCE}")
     return None
 
 

@@ -25,7 +25,7 @@ from maskpolicy.meta.identifiability.recovery import (
     true_parameters,
     verdict,
 )
-from maskpolicy.meta.identifiability.table import joined_table, summary_table
+from maskpolicy.meta.identifiability.table import compact, joined_table, summary_table
 from maskpolicy.meta.identifiability.training import fit_restarts, polish
 from maskpolicy.meta.results.schema import IdentifyCell, IdentifyResults, IdentifySummary, load
 from maskpolicy.tasks.base import TaskError
@@ -423,3 +423,10 @@ def test_a_predicted_conditional_sums_to_one_even_where_probabilities_underflow(
     data = masked_prediction_data(model, task)
     assert float(masked_prediction_loss(params, task, data)) > float(masked_prediction_loss(model.parameters(), task,
                                                                                            data))
+
+
+def test_pairs_predicted_both_ways_are_written_once_in_the_table():
+    assert compact("x1 → x2") == "x1 → x2"
+    assert compact("x1 → x2 & x2 → x1") == "x1 ↔ x2"
+    assert compact("x1 → x2 & x2 → x1 & x2 → x3 & x3 → x2 & x1 → x3 & x3 → x1") == "x1 ↔ x2 + x2 ↔ x3 + x1 ↔ x3"
+    assert compact("x1 → x2⊗x3 & x2 → x1") == "x1 → x2⊗x3 + x2 → x1"

@@ -383,20 +383,29 @@ def load(path: str | os.PathLike, expected: type | None = None) -> Any:
     path = Path(path)
     path = path / RESULTS_FILE if path.is_dir() else path
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError as error:
         raise ResultsError(f"no results at {path}: the run has not finished (or ran elsewhere)") from error
-    except json.JSONDecodeError as error:
-        raise ResultsError(f"{path} is not valid JSON ({error}); delete it and re-run") from error
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise ResultsError(f"{path} is not valid UTF-8 JSON ({reason}); delete it and re-run") from error
     return from_dict(data, expected, where=str(path))
 
 
 def from_dict(data: dict[str, Any], expected: type | None = None, where: str = "results") -> Any:
     """The record a ``to_dict`` payload describes; version-1 payloads (no ``schema``) are pretrain-like by keys."""
+    if not isinstance(data, dict):
+        raise ResultsError(f"{where} holds a JSON {type(data).__name__}, not a results object; delete it and re-run")
     schema = data.get("schema") or {"command": _guess_command(data), "version": 1}
+    if not isinstance(schema, dict):
+        raise ResultsError(f"{where}: 'schema' must be an object with 'command' and 'version', got "
+                           f"{type(schema).__name__}")
     if not isinstance(schema.get("version"), int) or schema["version"] > SCHEMA_VERSION:
         raise ResultsError(f"{where} has results schema {schema.get('version')!r}; this maskpolicy reads versions "
                            f"1–{SCHEMA_VERSION}: upgrade maskpolicy")
+    if not isinstance(schema.get("command"), str):
+        raise ResultsError(f"{where}: schema.command must be a command name ({', '.join(RECORDS)}), got "
+                           f"{schema.get('command')!r}")
     record = RECORDS.get(schema.get("command"))
     if record is None:
         raise ResultsError(f"{where}: unknown command {schema.get('command')!r}; known: {', '.join(RECORDS)}")
@@ -438,7 +447,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return _build(hint, value, where)
     arguments = typing.get_args(hint)
     if origin is list and arguments and dataclasses.is_dataclass(arguments[0]):
+        if not isinstance(value, list):
+            raise ResultsError(f"{where}: expected a list of {arguments[0].__name__}, got {type(value).__name__}")
         return [_build(arguments[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
     if origin is dict and len(arguments) == 2 and dataclasses.is_dataclass(arguments[1]):
+        if not isinstance(value, dict):
+            raise ResultsError(f"{where}: expected an object of {arguments[1].__name__}, got {type(value).__name__}")
         return {key: _build(arguments[1], item, f"{where}.{key}") for key, item in value.items()}
     return value

@@ -102,22 +102,11 @@ def results_bytes(tmp_path_factory) -> bytes:
     return save(tmp_path_factory.mktemp("results"), record).read_bytes()
 
 
-# Found by these tests in the results loader (meta/results/schema.py's load / from_dict), not fixed there yet: bytes
-# that are not UTF-8 (UnicodeDecodeError), a top-level value or "schema" that is not an object (AttributeError), a
-# command that is a list or an object (TypeError) and
-# JSON nested deeper than Python's recursion limit (RecursionError) escape instead of a ResultsError. The fuzzing
-# below tolerates exactly these; the strict xfails at the end of this section fail once they are fixed, so the
-# tolerance can go.
-RESULTS_LOADER_GAPS = (UnicodeDecodeError, AttributeError, TypeError, RecursionError)
-
-
 def load_or_refuse(path: Path) -> None:
     try:
         loaded = load(path)
     except ResultsError as error:
         assert str(error)
-        return
-    except RESULTS_LOADER_GAPS:
         return
     assert loaded.command in ("pretrain", "score", "learn", "identify")
 
@@ -149,9 +138,6 @@ def test_an_oversized_or_unknown_results_file_is_refused_by_name(tmp_path, text)
         load(tmp_path / "results.json")
 
 
-@pytest.mark.xfail(strict=True, raises=RESULTS_LOADER_GAPS, reason="the results loader lets these errors escape "
-                   "instead of a ResultsError (meta/results/schema.py: load reads text without catching "
-                   "UnicodeDecodeError or RecursionError; from_dict calls .get on whatever the file holds)")
 @pytest.mark.parametrize("content", [b'{"schema": "\xe8"}', b"null", b"[]", b'"results"', b'{"schema": 1}',
                                      b'{"schema": {"command": [], "version": 1}}', b"[" * 100_000 + b"]" * 100_000],
                          ids=["not-utf8", "null", "list", "string", "schema-not-object", "command-list", "deep"])

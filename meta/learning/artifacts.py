@@ -47,6 +47,7 @@ from maskpolicy.meta.results.files import staged_directory, write_json
 from maskpolicy.meta.results.schema import versions
 from maskpolicy.policies import FEATURE_SIZES, MaskingPolicy
 from maskpolicy.tasks.base import Document, Task, TaskError
+from maskpolicy.tasks.hashing import file_sha256
 from maskpolicy.tasks.text.context import encoder_location, weights_sha256
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,11 @@ def save_policy(policy: MaskingPolicy, path: str | os.PathLike, training: dict[s
         files: dict[str, Any] = {}
         if tensors:
             save_file(tensors, staging / WEIGHTS)
-            files["tensors"] = {"file": WEIGHTS, "sha256": _sha256(staging / WEIGHTS),
+            files["tensors"] = {"file": WEIGHTS, "sha256": file_sha256(staging / WEIGHTS),
                                 "shapes": {name: list(t.shape) for name, t in sorted(tensors.items())}}
         if word_counts is not None:
             write_json(staging / WORD_COUNTS, dict(sorted(word_counts.items())))
-            files["word_counts"] = {"file": WORD_COUNTS, "sha256": _sha256(staging / WORD_COUNTS),
+            files["word_counts"] = {"file": WORD_COUNTS, "sha256": file_sha256(staging / WORD_COUNTS),
                                     "words": len(word_counts)}
         fitted = any(f".{TABLES}." in f".{name}" for name in tensors)  # corpus tables, the policy's or a part's
         write_json(staging / CARD, {
@@ -219,7 +220,7 @@ def _checked_file(path: Path, entry: Mapping[str, Any], what: str) -> Path:
     file = path / str(entry.get("file", WEIGHTS))
     if not file.is_file():
         raise ArtifactError(f"{path}: the {what} file {file.name} is missing")
-    if _sha256(file) != entry.get("sha256"):
+    if file_sha256(file) != entry.get("sha256"):
         raise ArtifactError(
             f"{file} does not match the checksum in {CARD}: the file was modified or truncated after saving; "
             "re-save the policy or restore the original file"
@@ -345,11 +346,3 @@ def _find_encoder(policy: MaskingPolicy, path: Path, encoder: str | None) -> Non
                 f"{spec.weights_sha256[:12]}…, but {encoder_location(spec.encoder)} holds weights {found[:12]}…: "
                 "another encoder's states mean other things to its scorer. Give the encoder it was trained with "
                 "(load_policy(path, encoder=<folder>), policy.encoder=… in a config) or retrain the policy")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

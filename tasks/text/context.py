@@ -27,6 +27,7 @@ from torch import Tensor
 
 from maskpolicy.tasks.assets import ASSETS, asset_path
 from maskpolicy.tasks.base import TaskError
+from maskpolicy.tasks.hashing import update_with_file
 
 log = logging.getLogger(__name__)
 Unit = Literal["token", "word"]
@@ -65,9 +66,7 @@ def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
     for path, _, _ in files:
         digest.update(Path(path).name.encode())
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        update_with_file(digest, path)
     return digest.hexdigest()
 
 

@@ -1,6 +1,7 @@
 """What to mask: pluggable, vectorised masking policies. Depends on torch only."""
 
 from .base import BudgetError, FitsCorpus, MaskingPolicy, PolicyError, TokenBatch, check_rate
+from .context import ContextSpec
 from .corruption import IGNORE_INDEX, Seq2SeqBatch, mlm_corrupt, sentinel_corrupt
 from .entity import EntityPolicy
 from .features import DEFAULT_FEATURES, FEATURE_SIZES, FEATURES, PORTABLE_FEATURES
@@ -18,6 +19,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "IGNORE_INDEX",
     "BudgetError",
+    "ContextSpec",
     "EntityPolicy",
     "DEFAULT_FEATURES",
     "FEATURES",

@@ -175,4 +175,13 @@ class LearnedPolicy:
                 f"(it has {list(batch.feature_names)})"
             )
         index = torch.tensor([batch.feature_names.index(name) for name in self.features], device=batch.features.device)
-        return batch.features.index_select(2, index)
+        channels = batch.features.index_select(2, index)
+        sizes = torch.tensor([FEATURE_SIZES[name] for name in self.features], device=channels.device)
+        # an id past its embedding would fail deep inside torch (IndexError, or a device assert on a GPU)
+        outside = ((channels < 0) | (channels >= sizes)).flatten(0, 1).any(0)
+        if outside.any():
+            names = [name for name, bad in zip(self.features, outside.tolist(), strict=True) if bad]
+            raise PolicyError(f"feature ids out of range for {names} (ids must be in [0, size): "
+                              f"{ {name: FEATURE_SIZES[name] for name in names} }); encode the text with this "
+                              "maskpolicy's features (maskpolicy.tasks.text.features)")
+        return channels

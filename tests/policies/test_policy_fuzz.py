@@ -166,9 +166,6 @@ def test_a_malformed_batch_is_refused_with_a_policy_error(field, shape, dtype):
             make_policy(case, 0.5).select(batch, torch.Generator().manual_seed(0))
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason="found by the fuzzing above: the learned policy does not "
-                   "check feature ids against FEATURE_SIZES, so an id out of range fails inside torch's embedding "
-                   "(IndexError) instead of a PolicyError naming the feature (policies/learned.py)")
 def test_a_feature_id_out_of_range_is_refused_with_a_policy_error():
     features = torch.zeros(1, 4, len(FEATURES), dtype=torch.long)
     features[0, 1, FEATURES.index("shape")] = FEATURE_SIZES["shape"]  # one past the last shape id

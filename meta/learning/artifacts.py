@@ -158,7 +158,32 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} has card format version {version!r}; this maskpolicy reads versions 1–{FORMAT_VERSION}. "
             "Upgrade maskpolicy (pip install -U maskpolicy) to load artifacts from a newer version"
         )
+    if version >= 2:
+        _check_sections(card, card_file)
     return card
+
+
+# the JSON type of each section of a format-2 card (None: the section may be null)
+CARD_SECTIONS: dict[str, tuple[type | None, ...]] = {
+    "policy": (dict,), "feature_sizes": (dict,), "tensors": (dict, None), "tokenizer": (dict, None),
+    "fitted_tables": (bool,), "context": (dict, None), "word_counts": (dict, None), "collator": (dict, None),
+    "schedule": (dict, None), "training": (dict, None),
+}
+
+
+def _check_sections(card: Mapping[str, Any], card_file: Path) -> None:
+    """Refuses a card whose sections have the wrong JSON type before anything reads them."""
+    def fits(value: Any, kinds: tuple[type | None, ...]) -> bool:
+        return any(value is None if kind is None else isinstance(value, kind) for kind in kinds)
+
+    wrong = [f"{name} ({type(card[name]).__name__})" for name, kinds in CARD_SECTIONS.items()
+             if name in card and not fits(card[name], kinds)]
+    policy = card.get("policy")
+    if isinstance(policy, dict) and "params" in policy and not isinstance(policy["params"], dict):
+        wrong.append(f"policy.params ({type(policy['params']).__name__})")
+    if wrong:
+        raise ArtifactError(f"{card_file} has sections of the wrong type: {', '.join(wrong)}; the card is damaged or "
+                            "was edited by hand: re-save the policy")
 
 
 def load_policy(

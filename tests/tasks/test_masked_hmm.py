@@ -115,7 +115,8 @@ def test_generated_models_are_stationary_and_reproducible():
     assert torch.allclose(model.initial, torch.full((3,), 1 / 3, dtype=torch.float64), atol=1e-9)  # doubly stochastic
     assert torch.equal(random_discrete_hmm(seed=4).emission, model.emission)
     assert not torch.equal(random_discrete_hmm(seed=5).emission, model.emission)
-    assert model.conditions() == {"K <= V": True, "emission full column rank": True, "transition full rank": True}
+    assert model.conditions() == {"K <= V": True, "emission full column rank": True, "transition full rank": True,
+                                  "stationary start": True, "T² has another stochastic square root": True}
 
 
 def test_labels_use_the_papers_notation():
@@ -148,10 +149,10 @@ def test_bad_tasks_are_refused():
         MaskedPredictionTask([{"visible": [0], "predicted": [1]}] * 2)
 
 
-@pytest.mark.parametrize("transition", [[[0.0, 1.0], [1.0, 0.0]],      # periodic
-                                        [[1.0, 0.0], [0.5, 0.5]]])     # reducible
-def test_non_ergodic_transitions_are_refused(transition):
-    with pytest.raises(TaskError, match="not ergodic"):
+@pytest.mark.parametrize(("transition", "message"), [([[0.0, 1.0], [1.0, 0.0]], "is periodic"),
+                                                    ([[1.0, 0.0], [0.5, 0.5]], "has transient states")])
+def test_non_ergodic_transitions_are_refused(transition, message):
+    with pytest.raises(TaskError, match=message):
         DiscreteHMM(transition, [[0.5, 0.5], [0.2, 0.8]])
 
 
@@ -167,7 +168,8 @@ def test_non_stochastic_and_zero_parameters_are_refused():
 def test_more_states_than_the_conditions_allow_warn_by_name():
     with pytest.warns(UserWarning, match=r"n_states=4 > n_symbols=3.*K ≤ V"):
         model = random_discrete_hmm(n_states=4, n_symbols=3)
-    assert model.conditions() == {"K <= V": False, "emission full column rank": False, "transition full rank": True}
+    assert model.conditions() == {"K <= V": False, "emission full column rank": False, "transition full rank": True,
+                                  "stationary start": True, "T² has another stochastic square root": False}
     with pytest.warns(UserWarning, match=r"n_states=3 > dim=2.*linearly independent"):
         random_gaussian_hmm(n_states=3, dim=2)
     with pytest.warns(UserWarning, match="full-rank transition"):

@@ -131,6 +131,15 @@ def _unprivileged_prefix() -> tuple[tuple[str, ...], tuple[int, int] | None]:
     return (runuser, "-u", "nobody", "--"), (nobody.pw_uid, nobody.pw_gid)
 
 
+def start_or_skip(server, name: str) -> None:
+    """Initialises and starts a throwaway database server; skips the tests, with the server's reason, if it cannot."""
+    for step in (server.initdb, server.start):
+        done = step()
+        if done.returncode != 0:
+            pytest.skip(f"{name} tests skipped: {step.__name__} failed: {(done.stderr or done.stdout)[-500:]} "
+                        f"{server.log()[-500:]}")
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the session (initdb + pg_ctl in a temporary directory), stopped afterwards.
@@ -148,11 +157,7 @@ def postgres() -> Iterator[PostgresServer]:
         os.chown(root, *owner)
     server = PostgresServer(binaries, root, free_port(), run_as)
     try:
-        for step in (server.initdb, server.start):
-            done = step()
-            if done.returncode != 0:
-                pytest.skip(f"PostgreSQL tests skipped: {step.__name__} failed: {(done.stderr or done.stdout)[-500:]} "
-                            f"{server.log()[-500:]}")
+        start_or_skip(server, "PostgreSQL")
         yield server
     finally:
         server.stop()
@@ -277,11 +282,7 @@ def mariadb() -> Iterator[MariaDBServer]:
     root = Path(tempfile.mkdtemp(prefix="maskpolicy-mariadb-"))
     server = MariaDBServer(*binaries, root, free_port())
     try:
-        for step in (server.initdb, server.start):
-            done = step()
-            if done.returncode != 0:
-                pytest.skip(f"MariaDB tests skipped: {step.__name__} failed: {(done.stderr or done.stdout)[-500:]} "
-                            f"{server.log()[-500:]}")
+        start_or_skip(server, "MariaDB")
         server.add_user()
         yield server
     finally:

@@ -38,14 +38,7 @@ from maskpolicy.meta.results.schema import (
 from maskpolicy.meta.scoring.probe import ScoreProbe
 from maskpolicy.meta.scoring.text import score_text, target_documents
 from maskpolicy.meta.tables import fit_tables
-from maskpolicy.meta.training import (  # noqa: F401 (check_devices, data_parallel: the search imports them here)
-    check_devices,
-    check_single_job,
-    data_parallel,
-    fit_masked_lm,
-    make_trainer,
-    over_ranks,
-)
+from maskpolicy.meta.training import check_devices, fit_masked_lm, make_trainer, over_ranks
 from maskpolicy.policies import MaskingPolicy, RateSchedule
 from maskpolicy.tasks.base import Document, Task, TaskError
 from maskpolicy.tasks.text.encoding import encode_documents

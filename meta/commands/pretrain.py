@@ -18,9 +18,10 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from maskpolicy.meta.config import expose_hydra_plugins, modern_overrides, register_plugin_policies
 from maskpolicy.meta.console import quiet_libraries
-from maskpolicy.meta.pipeline import RunNames, check_single_job, run_pretraining
+from maskpolicy.meta.pipeline import RunNames, run_pretraining
 from maskpolicy.meta.results import schema
 from maskpolicy.meta.search.sweep import SweepError, check_command_line, linked_callbacks, linked_trial
+from maskpolicy.meta.training import check_single_job
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from maskpolicy.meta.console import run_log
-from maskpolicy.meta.pipeline import RunNames, StageCallbacks, check_devices, data_parallel
+from maskpolicy.meta.pipeline import RunNames, StageCallbacks
 from maskpolicy.meta.results.aggregate import METRICS
 from maskpolicy.meta.results.schema import PretrainResults
 from maskpolicy.meta.search import objectives as objective_defs
@@ -58,6 +58,7 @@ from maskpolicy.meta.search.progress import TrialProgress
 from maskpolicy.meta.search.pruning import OptunaPruning, ProbePruning
 from maskpolicy.meta.search.space import SearchSpace
 from maskpolicy.meta.search.trial import run_configuration
+from maskpolicy.meta.training import check_devices, data_parallel
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -16,10 +16,10 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from maskpolicy.meta.config import ConfigError
-from maskpolicy.meta.pipeline import check_devices, check_single_job
 from maskpolicy.meta.results import schema
 from maskpolicy.meta.search.engines import SearchConfigError
 from maskpolicy.meta.search.study import prepare
+from maskpolicy.meta.training import check_devices, check_single_job
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
 # one epoch over the 80 pre-training rows: 10 steps of 8 rows in one process, 5 steps of 2 × 8 rows on two ranks

@@ -59,7 +59,8 @@ SIZES = {
                    "base.learning_rate=1e-3", "pretrain.steps=40", "pretrain.batch_size=8",
                    "pretrain.learning_rate=1e-4", "finetune.epochs=1", "finetune.batch_size=8",
                    "finetune.learning_rate=1e-4", "score.max_sequences=48", "score.passes=4"],
-        "tiny": ["model=tiny_bert", "model.vocab_size=12000", "base.enabled=true", "base.corpus=wikipedia",
+        "tiny": ["model=tiny_bert", "model.vocab_size=12000", "model.max_length=128", "base.enabled=true",
+                 "base.corpus=wikipedia",
                  "base.steps=1500", "base.corpus_size=10033", "pretrain.steps=300", "pretrain.batch_size=32",
                  "finetune.epochs=8", "finetune.batch_size=32", "finetune.learning_rate=5e-4",
                  "score.max_sequences=48", "score.passes=4"],
@@ -71,7 +72,8 @@ SIZES = {
                    "pretrain.learning_rate=1e-4", "finetune.epochs=4", "finetune.batch_size=32",
                    "finetune.learning_rate=1e-4", "score.max_sequences=400", "score.passes=16",
                    "trainer=gpu", "trainer.precision=bf16-mixed"],
-        "tiny": ["model=tiny_bert", "model.vocab_size=12000", "base.enabled=true", "base.corpus=wikipedia",
+        "tiny": ["model=tiny_bert", "model.vocab_size=12000", "model.max_length=128", "base.enabled=true",
+                 "base.corpus=wikipedia",
                  "base.steps=10000", "base.corpus_size=10033", "pretrain.steps=1500", "pretrain.batch_size=32",
                  "finetune.epochs=20", "finetune.batch_size=32", "finetune.learning_rate=5e-4",
                  "score.max_sequences=400", "trainer=gpu"],
@@ -171,7 +173,9 @@ def closed_book_command(args: argparse.Namespace, root: Path, model: str, policy
     weights = [] if policy == "none" else [
         "model=hf_masked_lm", f"model.pretrained={path / 'extractive' / 'pretrained'}",
         f"model.tokenizer={path / 'extractive' / 'pretrained'}", "base.enabled=false"]
-    size = [o for o in SIZES[args.size][model] if not (weights and o.startswith(("model", "base")))]
+    # the saved weights replace the model and its base; the context length stays the extractive run's
+    size = [o for o in SIZES[args.size][model]
+            if not (weights and o.startswith(("model", "base")) and not o.startswith("model.max_length"))]
     return [sys.executable, "-m", "maskpolicy.meta.commands.pretrain", *TASKS[args.size], *size, *COMMON,
             *args.override,
             *weights, "pretrain.steps=0", "score.enabled=false", "downstream=closed_book_qa", f"seed={seed}",

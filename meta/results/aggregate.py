@@ -2,35 +2,22 @@
 
 The one aggregator behind the multirun summary (``summary.json``/``.csv``) and the search's
 leaderboard: both group :class:`~maskpolicy.meta.results.schema.PretrainResults` and call
-:func:`aggregate` on each group.
+:func:`aggregate` on each group. Its metrics and their columns are the registry's
+(:mod:`maskpolicy.meta.results.metrics`).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from maskpolicy.meta.results.files import write_csv, write_json
+from maskpolicy.meta.results.metrics import METRICS
 from maskpolicy.meta.results.schema import PretrainResults, ResultsError, load
-
-METRICS: dict[str, Callable[[PretrainResults], float | None]] = {
-    "dev_em": lambda run: run.downstream.dev_em,
-    "dev_f1": lambda run: run.downstream.dev_f1,
-    "test_em": lambda run: run.downstream.test_em,
-    "test_f1": lambda run: run.downstream.test_f1,
-    "mll_nats_per_token": lambda run: run.mll.nats_per_token if run.mll else None,
-    "mll_entities_nats_per_token": lambda run: _target_score(run, "entities"),
-    "mll_answers_nats_per_token": lambda run: _target_score(run, "answers"),
-}
-
-
-def _target_score(run: PretrainResults, target: str) -> float | None:
-    score = run.mll_targets.get(target)
-    return score.nats_per_token if score else None
 
 
 @dataclass(frozen=True)
@@ -46,11 +33,10 @@ class Column:
 
 
 SUMMARY_KEYS = ("task", "model", "policy")
+METRIC_COLUMNS = tuple(Column(m.name, m.header, m.digits, m.width) for m in METRICS.values())
 SUMMARY_COLUMNS = (Column("task", "task", None, 10, text=True), Column("model", "model", None, 12, text=True),
                    Column("policy", "policy", None, 24, text=True), Column("seeds", "seeds", None, 5),
-                   Column("dev_em", "dev EM"), Column("test_em", "test EM"), Column("test_f1", "test F1"),
-                   Column("mll_nats_per_token", "MLL nats/token", 2, 17),
-                   Column("mll_entities_nats_per_token", "MLL entities", 2, 14), Column("seconds", "s/run", 0, 7))
+                   *METRIC_COLUMNS, Column("seconds", "s/run", 0, 7))
 
 
 def mean_spread(values: Iterable[float | None]) -> tuple[float | None, float | None]:
@@ -66,8 +52,8 @@ def aggregate(runs: Sequence[PretrainResults]) -> dict[str, Any]:
     if not runs:
         raise ResultsError("nothing to aggregate: no runs")
     row: dict[str, Any] = {"seeds": len(runs)}
-    for name, read in METRICS.items():
-        row[name], row[f"{name}_spread"] = mean_spread(read(run) for run in runs)
+    for name, metric in METRICS.items():
+        row[name], row[f"{name}_spread"] = mean_spread(metric.read(run) for run in runs)
     row["seconds"] = statistics.fmean(run.wall_seconds for run in runs)
     row["tokens"] = statistics.fmean(run.pretrain.tokens for run in runs)
     return row

@@ -16,18 +16,16 @@ import optuna
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
-from maskpolicy.meta.results.aggregate import Column, aggregate, format_table
+from maskpolicy.meta.results.aggregate import METRIC_COLUMNS, Column, aggregate, format_table
 from maskpolicy.meta.results.files import write_csv, write_json
+from maskpolicy.meta.results.metrics import SCORE_OF_TARGET
 from maskpolicy.meta.search.final import FinalConfiguration
 from maskpolicy.meta.search.objectives import Objective
 
 IDENTITY = ("rank", "label", "family", "source", "trial", "params")
-COLUMNS = (Column("rank", "#", None, 2), Column("label", "policy", None, 24, text=True), Column("dev_em", "dev EM"),
-           Column("dev_f1", "dev F1"), Column("test_em", "test EM"), Column("test_f1", "test F1"),
-           Column("mll_nats_per_token", "MLL nats/token", 2, 17),
-           Column("mll_entities_nats_per_token", "MLL entities", 2, 14), Column("seconds", "s/run", 0, 7),
-           Column("seeds", "seeds", None, 5))
-SCORES = ("mll_nats_per_token", "mll_entities_nats_per_token")  # all tokens; entity tokens given the rest
+COLUMNS = (Column("rank", "#", None, 2), Column("label", "policy", None, 24, text=True), *METRIC_COLUMNS,
+           Column("seconds", "s/run", 0, 7), Column("seeds", "seeds", None, 5))
+SCORES = (SCORE_OF_TARGET["all"].name, SCORE_OF_TARGET["entities"].name)  # all tokens; entity tokens given the rest
 
 
 def leaderboard(chosen: Sequence[FinalConfiguration], objective: Objective) -> list[dict[str, Any]]:

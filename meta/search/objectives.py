@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from maskpolicy.meta.results.aggregate import METRICS
+from maskpolicy.meta.results.metrics import METRICS, SCORE_OF_TARGET, Metric, metric
 from maskpolicy.meta.results.schema import PretrainResults
 
 
@@ -23,25 +23,45 @@ class ObjectiveError(ValueError):
 
 @dataclass(frozen=True)
 class Objective:
-    """One quantity the search optimises.
+    """One quantity the search optimises: a registered per-run metric under a name ``search.objectives`` uses.
 
     Attributes:
         name: how ``search.objectives`` names it.
-        label: how tables and figures name it.
-        meaning: one line for the report.
-        direction: ``"maximize"`` or ``"minimize"``.
-        metric: the per-run metric it is (a key of :data:`~maskpolicy.meta.results.aggregate.METRICS`,
-            and of the leaderboard's columns).
+        metric: the per-run metric it is (a key of :data:`~maskpolicy.meta.results.metrics.METRICS`, which gives
+            its label, meaning, direction and, for a score, the ``score.targets`` entry that computes it).
         monitor: the metric logged during a trial's training that the pruning callback reports
-            (``None``: the value exists only when the trial ends, so such a study is not pruned).
+            (``None``: the value exists only when the trial ends, so such a study is not pruned while fine-tuning).
+        direction: ``"maximize"`` or ``"minimize"``; the metric's own direction unless given.
     """
 
     name: str
-    label: str
-    meaning: str
-    direction: Literal["maximize", "minimize"]
     metric: str
-    monitor: str | None
+    monitor: str | None = None
+    direction: Literal["maximize", "minimize"] | None = None
+
+    def __post_init__(self) -> None:
+        found = metric(self.metric)  # a KeyError naming the registered metrics
+        if self.direction is None:
+            object.__setattr__(self, "direction", found.direction)
+        elif self.direction not in ("maximize", "minimize"):
+            raise ObjectiveError(f"an objective's direction is maximize or minimize, got {self.direction!r}")
+
+    @property
+    def definition(self) -> Metric:
+        return METRICS[self.metric]
+
+    @property
+    def label(self) -> str:
+        return self.definition.label
+
+    @property
+    def meaning(self) -> str:
+        return self.definition.meaning
+
+    @property
+    def score_target(self) -> str | None:
+        """The ``score.targets`` entry every trial must compute for this objective (None: not a score)."""
+        return self.definition.score_target
 
     @property
     def sign(self) -> float:
@@ -55,21 +75,14 @@ class Objective:
 
     def read(self, run: PretrainResults) -> float | None:
         """The objective's value for a finished run; None when the run has none (or a non-finite one)."""
-        value = METRICS[self.metric](run)
+        value = self.definition.read(run)
         return value if value is not None and math.isfinite(value) else None
 
 
-DEV_EM = Objective("dev_em", "dev EM", "downstream validation exact match, in [0, 1]", "maximize", "dev_em",
-                   "dev/em")
-DEV_F1 = Objective("dev_f1", "dev F1", "downstream validation token F1 (SQuAD normalisation), in [0, 1]", "maximize",
-                   "dev_f1", "dev/f1")
-MLL = Objective("mll", "MLL score (nats/token)",
-                "marginal-likelihood score of the pre-trained model on held-out text, in nats per token",
-                "maximize", "mll_nats_per_token", None)
-MLL_ENTITIES = Objective("mll_entities", "entity-token MLL (nats/token)",
-                         "marginal-likelihood score of the entity tokens of held-out text given the rest, in nats per "
-                         "token: label-free (score.targets must include entities)",
-                         "maximize", "mll_entities_nats_per_token", None)
+DEV_EM = Objective("dev_em", "dev_em", "dev/em")
+DEV_F1 = Objective("dev_f1", "dev_f1", "dev/f1")
+MLL = Objective("mll", SCORE_OF_TARGET["all"].name)
+MLL_ENTITIES = Objective("mll_entities", SCORE_OF_TARGET["entities"].name)
 OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (DEV_EM, DEV_F1, MLL, MLL_ENTITIES)}
 DOWNSTREAM = "dev"   # the downstream stage's own dev metric: dev_em for closed-book QA, dev_f1 for extractive QA
 BY_DOWNSTREAM_METRIC = {"em": DEV_EM, "f1": DEV_F1}

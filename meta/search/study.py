@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from maskpolicy.meta.console import run_log
 from maskpolicy.meta.pipeline import RunNames, StageCallbacks
-from maskpolicy.meta.results.aggregate import METRICS
+from maskpolicy.meta.results.metrics import METRICS, TRIAL_METRICS
 from maskpolicy.meta.results.schema import PretrainResults
 from maskpolicy.meta.search import objectives as objective_defs
 from maskpolicy.meta.search.engines import (
@@ -62,8 +62,6 @@ from maskpolicy.meta.training import check_devices, data_parallel
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# what a trial records: never a test metric
-TRIAL_METRICS = ("dev_em", "dev_f1", "mll_nats_per_token", "mll_entities_nats_per_token")
 _MISSING = object()
 
 
@@ -233,9 +231,8 @@ def downstream_metric(cfg: DictConfig) -> str:
 
 def _check_scored(cfg: DictConfig, objectives: Sequence[Objective]) -> None:
     """A score objective needs its score computed in every trial."""
-    needed = {objective_defs.MLL.name: "all", objective_defs.MLL_ENTITIES.name: "entities"}
     for objective in objectives:
-        target = needed.get(objective.name)
+        target = objective.score_target
         if target and not (cfg.score.enabled and target in (cfg.score.get("targets") or ["all"])):
             raise SearchConfigError(f"search.objectives has {objective.name}, but trials do not compute it: set "
                                     f"score.enabled=true and include {target} in score.targets")
@@ -296,7 +293,7 @@ def trial_function(cfg: DictConfig, search: Search, output_dir: Path, names: Run
 
 def record(trial: optuna.Trial, results: PretrainResults) -> None:
     """Keeps what the leaderboard and report need on the trial itself (the storage is the record)."""
-    trial.set_user_attr("metrics", {name: METRICS[name](results) for name in TRIAL_METRICS})
+    trial.set_user_attr("metrics", {name: METRICS[name].read(results) for name in TRIAL_METRICS})
     trial.set_user_attr("seconds", results.wall_seconds)
     trial.set_user_attr("tokens", results.pretrain.tokens)
 

@@ -21,15 +21,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from maskpolicy.meta.results.files import write_text
-from maskpolicy.meta.search.objectives import MLL, OBJECTIVES, Objective, better, downstream_axis, pruning_monitor
+from maskpolicy.meta.results.metrics import METRICS
+from maskpolicy.meta.results.metrics import label as registered_label
+from maskpolicy.meta.search.objectives import MLL, Objective, better, downstream_axis, pruning_monitor
 from maskpolicy.meta.search.report import figures, importance
 from maskpolicy.meta.search.report.figures import Curve, Panel, Point
 
 FAMILY = "family"
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
-LEADERBOARD_METRICS = ("dev_em", "dev_f1", "test_em", "test_f1", "mll_nats_per_token", "mll_entities_nats_per_token")
-OTHER_METRIC_LABELS = {"dev_f1": "dev F1", "test_em": "test EM", "test_f1": "test F1"}
 SECTIONS = {"summary": "Summary", "leaderboard": "Leaderboard", "history": "Optimisation history",
             "importances": "Parameter importances", "mll": "MLL score vs downstream metric",
             "curves": "S_m curves of the best policies", "pareto": "Pareto front",
@@ -75,7 +75,7 @@ def _context(study: optuna.Study, leaderboard: Sequence[Mapping[str, Any]], corr
         "number": {name: index + 1 for index, name in enumerate(sections)},
         "study_name": study.study_name, "objectives": objectives, "first": objectives[0],
         "counts": _counts(study), "best": _best(study, objectives),
-        "leaderboard": leaderboard, "columns": [(metric, metric_label(metric)) for metric in LEADERBOARD_METRICS],
+        "leaderboard": leaderboard, "columns": [(name, metric.label) for name, metric in METRICS.items()],
         "history": _history(study, objectives, colours), "failures": _failures(study),
         "completed": len(_trials(study, TrialState.COMPLETE)), "importances": _importances(study, objectives),
         "scatter": _scatter(study, objectives, colours), "correlation": _correlation(correlation, objectives),
@@ -86,9 +86,8 @@ def _context(study: optuna.Study, leaderboard: Sequence[Mapping[str, Any]], corr
 
 
 def metric_label(metric: str) -> str:
-    """How the page names a per-run metric: an objective's label when one measures it."""
-    labels = {objective.metric: objective.label for objective in OBJECTIVES.values()} | OTHER_METRIC_LABELS
-    return labels.get(metric, metric)
+    """How the page names a per-run metric: the registry's label (an unregistered name is its own label)."""
+    return registered_label(metric)
 
 
 # --- trials -------------------------------------------------------------------------------------------------------

@@ -37,11 +37,8 @@ lint: install
 
 # pytest exits 5 when it collected no tests; that is a failure here, not a pass.
 # The real assets are installed so that their tests run (without them those tests skip, saying why).
-# Two pytest workers, one test file each at a time (--dist loadfile keeps a file's fixtures in one process): much of
-# the suite waits on subprocesses, servers and heartbeats, so two workers overlap that waiting on two cores.
-PYTEST_WORKERS ?= 2
 test: lint real
-	$(BIN)/pytest -q -rs --durations=15 -n $(PYTEST_WORKERS) --dist loadfile; status=$$?; \
+	$(BIN)/pytest -q -rs --durations=10; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 # The documentation site in build/site (what CI builds, --strict: a broken link or docstring fails it). The API pages

@@ -13,7 +13,8 @@ FOLDERS = {"maskpolicy": "api", "maskpolicy.policies": "policies", "maskpolicy.t
 
 
 def packages() -> list[str]:
-    found = ["hydra_plugins.maskpolicy_optuna_sweeper"]  # hydra_plugins itself is a namespace Hydra scans
+    # hydra_plugins is a namespace that Hydra scans; listed, an editable install serves it as a directory
+    found = ["hydra_plugins", "hydra_plugins.maskpolicy_optuna_sweeper"]
     for name, folder in FOLDERS.items():
         found += [name, *(f"{name}.{sub}" for sub in find_namespace_packages(folder, exclude=["*__pycache__*"]))]
     return sorted(found)

@@ -132,3 +132,40 @@ def test_an_editable_install_prints_nothing(tmp_path):
                             "import maskpolicy.policies as p; print(p.__file__)"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert Path(where.stdout.strip()).is_relative_to(source), where.stdout + where.stderr
+    # a plain Hydra app in another folder finds the sweeper in the editable install (Hydra's plugin scan walks
+    # the hydra_plugins namespace's directories, which the editable install serves as a directory)
+    sweep_from(tmp_path / "app", str(environment / "bin" / "python"), {}, source)
+
+
+PLAIN_APP = textwrap.dedent("""
+    import hydra
+    import hydra_plugins.maskpolicy_optuna_sweeper as plugin
+
+
+    @hydra.main(version_base=None, config_path=None, config_name=None)
+    def parabola(cfg) -> float:
+        print("plugin from", plugin.__file__)
+        return (cfg.x - 1) ** 2
+    if __name__ == "__main__":
+        parabola()
+""")
+
+
+def sweep_from(folder: Path, python: str, environment: dict[str, str], installed: Path) -> None:
+    """Sweeps a plain Hydra app in ``folder`` with hydra/sweeper=maskpolicy_optuna; the plugin is ``installed``'s."""
+    folder.mkdir()
+    (folder / "app.py").write_text(PLAIN_APP)
+    done = subprocess.run([python, "app.py", "-m", "hydra/sweeper=maskpolicy_optuna", "+x=interval(-2.0,2.0)",
+                           "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=minimize", "hydra.job.chdir=false",
+                           f"hydra.sweep.dir={folder / 'sweep'}"], cwd=folder, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **environment}, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert (folder / "sweep" / "optimization_results.yaml").is_file()
+    plugin = next(line for line in done.stdout.splitlines() if line.startswith("plugin from")).split(" ", 2)[2]
+    assert Path(plugin).is_relative_to(installed), plugin
+
+
+def test_a_plain_hydra_app_elsewhere_finds_the_sweeper_in_the_wheel(wheel, tmp_path):
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    sweep_from(tmp_path / "app", sys.executable, {"PYTHONPATH": str(unpacked)}, unpacked)

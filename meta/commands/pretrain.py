@@ -20,14 +20,21 @@ from maskpolicy.meta.config import expose_hydra_plugins, modern_overrides, regis
 from maskpolicy.meta.console import quiet_libraries
 from maskpolicy.meta.pipeline import RunNames, run_pretraining
 from maskpolicy.meta.results import schema
-from maskpolicy.meta.search.sweep import SweepError, check_command_line, linked_callbacks, linked_trial
+from maskpolicy.meta.search.objectives import values as objective_values
+from maskpolicy.meta.search.sweep import (
+    SweepError,
+    check_command_line,
+    linked_callbacks,
+    linked_trial,
+    run_objectives,
+)
 from maskpolicy.meta.training import check_single_job
 
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://maskpolicy.conf", config_name="pretrain")
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float | tuple[float, ...]:
     quiet_libraries()
     runtime = HydraConfig.get().runtime
     names = RunNames(*(runtime.choices.get(group, "custom") for group in ("policy", "task", "model")))
@@ -40,7 +47,8 @@ def run(cfg: DictConfig) -> float:
     downstream = results.downstream
     log.info("%s on %s (%s): dev %s %.3f, test %s %.3f", names.policy, names.task, downstream.name,
              downstream.metric.upper(), downstream.dev_value, downstream.metric.upper(), downstream.test_value)
-    return downstream.dev_value  # what a Hydra sweeper optimises: the downstream's own dev metric
+    # what a Hydra sweeper optimises: the downstream's own dev metric, or the objectives its sweep names
+    return objective_values(run_objectives(cfg), results)
 
 
 def main() -> None:

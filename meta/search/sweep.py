@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import optuna
@@ -24,8 +23,10 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from maskpolicy.meta.config import plain
 from maskpolicy.meta.pipeline import NO_CALLBACKS, StageCallbacks
+from maskpolicy.meta.search.choices import names, sweep_option
 from maskpolicy.meta.search.engines import SearchConfigError, build_pruner, open_storage
-from maskpolicy.meta.search.objectives import downstream_objective
+from maskpolicy.meta.search.objectives import Objective, downstream_objective, pruned_objective, resolve
+from maskpolicy.meta.search.space import Domain, SearchSpaceError, parse_domain
 from maskpolicy.meta.search.study import PruningPlan
 
 GRAMMAR = ("choice(a,b,…), range(start,stop[,step]), interval(low,high) or tag(log, interval(low,high)), each "
@@ -42,10 +43,29 @@ class SweepError(SearchConfigError):
 
 @dataclass(frozen=True)
 class SweepSpace:
-    """What a sweep varies: Optuna distributions by override key, and the overrides every run gets as written."""
+    """What a sweep varies, as entries of ``maskpolicy-search``'s space grammar by override key (the same
+    ``{type: float, low, high, ...}`` a ``search.space.budget`` entry is), and the overrides every run gets as
+    written."""
 
-    distributions: dict[str, BaseDistribution]
+    entries: dict[str, dict[str, Any]]
     fixed: tuple[str, ...]
+
+    @property
+    def domains(self) -> dict[str, Domain]:
+        return {key: parse_domain(key, entry) for key, entry in self.entries.items()}
+
+    @property
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {key: domain.distribution for key, domain in self.domains.items()}
+
+    def suggest(self, trial: optuna.Trial) -> None:
+        """Draws every swept key for ``trial`` (its ``params`` then hold them)."""
+        for key, domain in self.domains.items():
+            domain.suggest(trial, key)
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Every swept key's grid values, for a grid sampler."""
+        return {key: domain.grid_values(key) for key, domain in self.domains.items()}
 
     def overrides(self, params: Mapping[str, Any]) -> list[str]:
         """The command-line overrides of one trial's run."""
@@ -76,9 +96,9 @@ def quoted(text: str) -> str:
 
 
 def parse_sweep(arguments: Sequence[str]) -> SweepSpace:
-    """Splits Hydra overrides into Optuna distributions (the sweep overrides) and fixed overrides (the rest)."""
+    """Splits Hydra overrides into space entries (the sweep overrides) and fixed overrides (the rest)."""
     parser = OverridesParser.create()
-    distributions: dict[str, BaseDistribution] = {}
+    entries: dict[str, dict[str, Any]] = {}
     fixed = []
     for argument in arguments:
         try:
@@ -89,10 +109,14 @@ def parse_sweep(arguments: Sequence[str]) -> SweepSpace:
             fixed.append(argument)
             continue
         key = override.get_key_element()
-        if key in distributions:
+        if key in entries:
             raise SweepError(f"the sweep gives {key} twice; give each key one sweep expression")
-        distributions[key] = distribution(override, argument)
-    return SweepSpace(distributions, tuple(fixed))
+        entries[key] = space_entry(override, argument)
+        try:
+            parse_domain(key, entries[key])
+        except SearchSpaceError as error:
+            raise SweepError(f"{argument!r}: {error}") from error
+    return SweepSpace(entries, tuple(fixed))
 
 
 def check_command_line(arguments: Sequence[str]) -> None:
@@ -111,8 +135,8 @@ def check_command_line(arguments: Sequence[str]) -> None:
                              "see https://hydra.cc/docs/advanced/override_grammar/extended/") from error
 
 
-def distribution(override: Override, argument: str) -> BaseDistribution:
-    """The Optuna distribution of one sweep override."""
+def space_entry(override: Override, argument: str) -> dict[str, Any]:
+    """One sweep override as the search space's entry for its key (see :mod:`maskpolicy.meta.search.space`)."""
     value = override.value()
     log = "log" in getattr(value, "tags", ())
     if override.value_type == ValueType.INTERVAL_SWEEP:
@@ -122,23 +146,27 @@ def distribution(override: Override, argument: str) -> BaseDistribution:
         if log and low <= 0:
             raise SweepError(f"{argument!r}: a log interval needs low > 0")
         if isinstance(low, int) and isinstance(high, int):
-            return IntDistribution(low, high, log=log)
-        return FloatDistribution(float(low), float(high), log=log)
+            return {"type": "int", "low": low, "high": high, "log": log}
+        return {"type": "float", "low": float(low), "high": float(high), "log": log}
     if override.value_type == ValueType.RANGE_SWEEP:
         values = list(override.sweep_iterator(transformer=Transformer.identity))
         if not values:
             raise SweepError(f"{argument!r} holds no value; range(start,stop,step) stops before stop")
+        if value.shuffle:  # hydra-optuna-sweeper's reading: the range's values as unordered choices
+            return {"type": "categorical", "choices": sorted(set(values))}
         low, high, step = min(values), max(values), abs(value.step)
         if all(isinstance(v, int) for v in values):
-            return IntDistribution(low, high, step=step, log=log and step == 1)
-        return FloatDistribution(low, low + step * round((high - low) / step), step=step)
+            if log and step == 1:
+                return {"type": "int", "low": low, "high": high, "log": True}
+            return {"type": "int", "low": low, "high": high, "step": step}
+        return {"type": "float", "low": low, "high": low + step * round((high - low) / step), "step": step}
     if override.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
         if log:
             raise SweepError(f"{argument!r}: tag(log, …) applies to interval() and range(), not to choices")
         encoded = override.sweep_iterator(transformer=Transformer.encode)
         identity = override.sweep_iterator(transformer=Transformer.identity)
         choices = [raw if isinstance(raw, int | float) else text for raw, text in zip(identity, encoded, strict=True)]
-        return CategoricalDistribution(list(dict.fromkeys(choices)))
+        return {"type": "categorical", "choices": list(dict.fromkeys(choices))}
     raise SweepError(f"{argument!r}: the Optuna sweeper cannot search a "
                      f"{override.value_type.name.lower().replace('_', ' ')}; write "
                      f"{GRAMMAR}")
@@ -148,21 +176,32 @@ def config_node(kind: str, choice: str | Mapping[str, Any]) -> DictConfig:
     """A sampler or pruner config: a name from ``conf/search/<kind>/`` or a ``_target_`` mapping."""
     if not isinstance(choice, str):
         return OmegaConf.create(plain(choice) if isinstance(choice, DictConfig) else dict(choice))
-    folder = resources.files("maskpolicy.conf") / "search" / kind
-    names = sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
-    if choice not in names or choice == "grid":
-        usable = [name for name in names if name != "grid"]
-        raise SweepError(f"hydra.sweeper.{kind}={choice!r} is not one of {usable} (a grid is Hydra's basic sweeper's "
-                         f"job); or give a mapping with a _target_")
-    return OmegaConf.create((folder / f"{choice}.yaml").read_text())
+    if choice not in names(kind):
+        raise SweepError(f"hydra.sweeper.{kind}={choice!r} is not one of {names(kind)}; or give a mapping with a "
+                         "_target_")
+    return OmegaConf.create(sweep_option(kind, choice))
 
 
-def link_overrides(storage: str, study_name: str, number: int, finetune_offset: int, start_fraction: float
-                   ) -> list[str]:
-    """The overrides that tell a launched run which trial to report to."""
-    return [f"{LINK_KEY}.storage={quoted(storage)}", f"{LINK_KEY}.study_name={quoted(study_name)}",
+def sweep_space(params: Mapping[str, str], arguments: Sequence[str]) -> SweepSpace:
+    """The sweep of ``hydra.sweeper.params`` and the command line's overrides, which win for a key both give."""
+    given = {_key(argument) for argument in arguments}
+    return parse_sweep([*(f"{key}={value}" for key, value in params.items() if key not in given), *arguments])
+
+
+def _key(argument: str) -> str | None:
+    try:
+        return OverridesParser.create().parse_override(argument).get_key_element()
+    except HydraException:
+        return None  # parse_sweep names the problem
+
+
+def link_overrides(storage: str, study_name: str, number: int, finetune_offset: int, start_fraction: float,
+                   objectives: Sequence[str] = ()) -> list[str]:
+    """The overrides that tell a launched run which trial to report to (and, if given, which objectives to return)."""
+    link = [f"{LINK_KEY}.storage={quoted(storage)}", f"{LINK_KEY}.study_name={quoted(study_name)}",
             f"{LINK_KEY}.number={number}", f"{LINK_KEY}.finetune_offset={finetune_offset}",
             f"{LINK_KEY}.start_fraction={start_fraction}"]
+    return [*link, f"{LINK_KEY}.objectives=[{','.join(objectives)}]"] if objectives else link
 
 
 def linked_trial(link: Mapping[str, Any] | None) -> optuna.Trial | None:
@@ -181,14 +220,21 @@ def linked_trial(link: Mapping[str, Any] | None) -> optuna.Trial | None:
     return optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, link["number"]))
 
 
+def run_objectives(cfg: DictConfig) -> tuple[Objective, ...]:
+    """What a launched run returns: the objectives its sweep names, else the downstream's own dev metric."""
+    metric = str((cfg.get("downstream") or {}).get("metric", "em"))
+    names = (cfg.get(LINK_KEY) or {}).get("objectives")
+    return resolve(list(names), metric) if names else (downstream_objective(metric),)
+
+
 def linked_callbacks(cfg: DictConfig, trial: optuna.Trial | None) -> StageCallbacks:
     """The pruning callbacks of a launched run: the probe's values in pre-training (``pretrain.probe.every`` > 0),
-    then the downstream's dev metric after each fine-tuning epoch, on one step axis as in ``maskpolicy-search``."""
+    then its objective's fine-tuning monitor after each epoch, on one step axis as in ``maskpolicy-search``
+    (several objectives: none, Optuna prunes single-objective studies only)."""
     if trial is None:
         return NO_CALLBACKS
     link = cfg[LINK_KEY]
     every = cfg.pretrain.probe.every or None
-    metric = str((cfg.get("downstream") or {}).get("metric", "em"))
-    plan = PruningPlan(downstream_objective(metric), every, cfg.pretrain.probe.target if every else None,
+    plan = PruningPlan(pruned_objective(run_objectives(cfg)), every, cfg.pretrain.probe.target if every else None,
                        int(link.finetune_offset), start_fraction=float(link.start_fraction) if every else 0.0)
     return plan.callbacks(trial)

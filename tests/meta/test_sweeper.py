@@ -28,6 +28,7 @@ from maskpolicy.meta.search.sweep import (
     parse_sweep,
     quoted,
 )
+from maskpolicy.meta.search.sweeper import optimization_results, sweep_directions, sweep_objectives
 
 TINY = ["task.n_people=40", "task.biographies_per_person=2", "pretrain.steps=4", "pretrain.batch_size=8",
         "pretrain.checkpoint_every=4", "finetune.epochs=2", "finetune.batch_size=8", "score.passes=4",
@@ -48,6 +49,9 @@ def test_each_sweep_expression_becomes_its_optuna_distribution():
         "score.rate": FloatDistribution(0.1, 0.4, step=0.1),
         "+extra": CategoricalDistribution([1, 2.5]),
     }
+    assert space.entries["pretrain.steps"] == {"type": "int", "low": 100, "high": 300, "step": 100}  # a space entry
+    assert space.entries["policy.rate"] == {"type": "float", "low": 0.1, "high": 0.4, "log": False}
+    assert parse_sweep(["x=shuffle(range(1,4))"]).entries == {"x": {"type": "categorical", "choices": [1, 2, 3]}}
     assert space.fixed == ("seed=3",)
     assert space.largest("pretrain.steps") == 300 and space.largest("policy.rate") == 0.4
     assert space.largest("seed") is None
@@ -98,8 +102,8 @@ def test_samplers_and_pruners_come_from_the_project_config_groups():
     assert config_node("sampler", "random")._target_ == "optuna.samplers.RandomSampler"
     assert config_node("pruner", "median").n_startup_trials == 4
     assert config_node("pruner", {"_target_": "optuna.pruners.NopPruner"})._target_ == "optuna.pruners.NopPruner"
-    with pytest.raises(SweepError, match=r"'grid' is not one of \[.*'tpe'.*\].*basic sweeper"):
-        config_node("sampler", "grid")
+    assert config_node("sampler", "grid") == {"_target_": "optuna.samplers.GridSampler", "seed": None}
+    assert config_node("sampler", "tpe").seed is None  # null: hydra.sweeper.seed
     with pytest.raises(SweepError, match="'hyperbnd' is not one of"):
         config_node("pruner", "hyperbnd")
 
@@ -138,6 +142,32 @@ def test_link_overrides_name_storage_study_and_trial():
     assert link_overrides("/tmp/a b/s.db", "s", 3, 7, 0.5) == [
         "optuna_trial.storage='/tmp/a b/s.db'", "optuna_trial.study_name=s", "optuna_trial.number=3",
         "optuna_trial.finetune_offset=7", "optuna_trial.start_fraction=0.5"]
+
+
+def test_objectives_name_the_registry_and_directions_follow_them():
+    assert sweep_directions(None, ()) == ["maximize"]  # maskpolicy-pretrain's own value: its dev metric
+    assert sweep_directions(None, sweep_objectives(["dev", "mll"])) == ["maximize", "maximize"]
+    assert sweep_directions(["minimize"], ()) == ["minimize"]
+    with pytest.raises(SweepError, match=r"hydra.sweeper.objectives must be a non-empty list"):
+        sweep_objectives(["accuracy"])
+    with pytest.raises(SweepError, match="gives 1 directions for 2 objectives"):
+        sweep_directions("maximize", ("dev", "mll"))
+    with pytest.raises(SweepError, match="minimize, maximize or a list of them"):
+        sweep_directions("down", ())
+
+
+def test_optimization_results_of_an_empty_study_say_so():
+    empty = optuna.create_study()
+    assert OmegaConf.create(optimization_results(empty)) == {"name": "optuna", "best_params": None,
+                                                              "best_value": None}
+
+
+def test_the_plugin_hydra_imports_at_every_app_start_loads_neither_torch_nor_the_search():
+    plugin = "hydra_plugins.maskpolicy_optuna_sweeper"
+    heavy = ("torch", "pytorch_lightning", "maskpolicy.meta.search.sweeper")
+    probe = f"import sys, {plugin}.config, {plugin}.sweeper; print(sorted(m for m in {heavy} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------------------- real sweeps
@@ -182,7 +212,7 @@ def test_a_sweep_runs_its_trials_and_a_second_run_continues_the_study(tmp_path):
 @pytest.mark.slow
 def test_the_pruner_stops_a_launched_run_mid_fine_tuning(tmp_path):
     sweep(tmp_path, "policy=choice(random,span)", "hydra.sweeper.n_trials=2", "finetune.epochs=3",
-          "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:2.0}")
+          "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=2.0")
     study = study_of(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
     # fine-tuning epoch 0 is reported at pretrain.steps + 1 = 5, and the pruner stopped the run there
@@ -249,3 +279,17 @@ def test_a_sweep_killed_mid_batch_leaves_a_trial_the_next_one_fails_and_runs_aga
     assert first.startswith("trial 1/2 #1 ")
     assert (tmp_path / "sweep" / "1" / "results.json").exists()  # run directories are named by trial number
     assert not (tmp_path / "sweep" / "0" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_a_pretrain_sweep_optimises_registered_objectives_and_records_each(tmp_path):
+    sweep(tmp_path, "policy=choice(random,span)", "hydra.sweeper.n_trials=2", "hydra.sweeper.objectives=[dev,mll]",
+          "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=5")
+    study = study_of(tmp_path)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    for trial in study.trials:  # each run returned its dev EM and its MLL score, read by the metric registry
+        results = json.loads((tmp_path / "sweep" / str(trial.number) / "results.json").read_text())
+        assert trial.values == [results["downstream"]["dev_em"], results["mll"]["nats_per_token"]]
+    summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert summary["objectives"] == ["dev", "mll"] and summary["best"] is None
+    assert "solutions" in OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")

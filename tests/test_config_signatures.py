@@ -128,5 +128,5 @@ def test_a_wrong_key_or_type_is_found():
         "x: 'rte' is not a parameter of maskpolicy.policies.RandomPolicy ['rate', 'exact']"]
     assert problems("x", {"_target_": "maskpolicy.policies.SpanPolicy", "max_length": "ten"}) == [
         "x: max_length='ten' does not fit maskpolicy.policies.SpanPolicy's max_length: <class 'int'>"]
-    assert problems("x", {"_target_": "maskpolicy.policies.RandomPolicy", SCHEDULE_KEY: {"kind": "wavy"}})[0].startswith(
-        "x.schedule: kind='wavy' does not fit")
+    wavy = problems("x", {"_target_": "maskpolicy.policies.RandomPolicy", SCHEDULE_KEY: {"kind": "wavy"}})
+    assert wavy[0].startswith("x.schedule: kind='wavy' does not fit")

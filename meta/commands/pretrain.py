@@ -21,6 +21,7 @@ from maskpolicy.meta.console import quiet_libraries
 from maskpolicy.meta.pipeline import RunNames, run_pretraining
 from maskpolicy.meta.results import schema
 from maskpolicy.meta.search.objectives import values as objective_values
+from maskpolicy.meta.search.study import record
 from maskpolicy.meta.search.sweep import (
     SweepError,
     check_command_line,
@@ -44,6 +45,8 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     results = run_pretraining(cfg, output_dir, names, test=True, callbacks=linked_callbacks(cfg, trial))
     if rank_zero_only.rank == 0:  # under trainer=ddp every rank runs this command; one writes
         schema.save(output_dir, results)
+        if trial is not None:  # the sweep's trial keeps the same records a maskpolicy-search trial does
+            record(trial, results)
     downstream = results.downstream
     log.info("%s on %s (%s): dev %s %.3f, test %s %.3f", names.policy, names.task, downstream.name,
              downstream.metric.upper(), downstream.dev_value, downstream.metric.upper(), downstream.test_value)

@@ -13,7 +13,7 @@ KINDS = ("sampler", "pruner")
 # a sweep's grid sampler searches the sweep's own grid (every swept key's values), which the sweeper gives it; the
 # search's grid.yaml reads its grid from search.space instead
 GRID_SAMPLER = {"_target_": "optuna.samplers.GridSampler", "seed": None}
-GRID_TARGETS = (GRID_SAMPLER["_target_"], "maskpolicy.meta.search.engines.grid_sampler")
+GRID_TARGETS = (GRID_SAMPLER["_target_"], "maskpolicy.meta.search.grid.grid_sampler")
 
 
 def names(kind: str) -> list[str]:

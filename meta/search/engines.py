@@ -39,7 +39,7 @@ import os
 import sqlite3
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, Jou
 from optuna.trial import FrozenTrial, TrialState
 
 from maskpolicy.meta.config import ConfigError, build
-from maskpolicy.meta.search.space import SearchSpace, grid
 
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 JOURNAL_SUFFIXES = (".log", ".journal")
@@ -92,11 +91,6 @@ def build_pruner(node: DictConfig) -> optuna.pruners.BasePruner:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         return build(node, "pruner")
-
-
-def grid_sampler(space: Mapping[str, Any], seed: int | None = None) -> optuna.samplers.GridSampler:
-    """Optuna's GridSampler over the values :func:`.space.grid` lists for ``space`` (a search-space config)."""
-    return optuna.samplers.GridSampler(grid(SearchSpace.from_config(space, check=False)), seed=seed)
 
 
 # ---------------------------------------------------------------------------- storages
@@ -311,10 +305,14 @@ def open_rdb(
                                 f"pip install {hint}") from error
     except sqlalchemy.exc.NoSuchModuleError as error:
         raise SearchConfigError(f"cannot open {shown}: SQLAlchemy knows no database {parsed.drivername!r}") from error
-    except sqlalchemy.exc.OperationalError as error:
+    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as error:
+        # Optuna wraps a connection refused while it writes its version row (a server restarting) in its own error
+        refused = error if isinstance(error, sqlalchemy.exc.OperationalError) else error.__cause__
+        if not isinstance(refused, sqlalchemy.exc.OperationalError):
+            raise
         raise SearchConfigError(
-            f"cannot connect to {shown}: {' '.join(str(error.orig).split())}; check the host, port, database name and "
-            "credentials, and that the server is running"
+            f"cannot connect to {shown}: {' '.join(str(refused.orig).split())}; check the host, port, database name "
+            "and credentials, and that the server is running"
         ) from error
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError, ValueError) as error:
         # RuntimeError: a schema written by another Optuna version

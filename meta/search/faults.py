@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+TAKEN = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)   # what holds a grid point
 FAILURE_ATTR = "failure"   # a trial that raised keeps its error here (the report shows it)
 SURPLUS_ATTR = "surplus"   # a trial created when the study already had its budget of trials
 STOP_ATTR = "stopped"      # the study's attribute that stops every worker, with the reason
@@ -89,6 +90,7 @@ class TrialBudget:
     def __init__(self, study: optuna.Study, total: int) -> None:
         self.study, self.total = study, total
         self.exact = heartbeat_enabled(study)
+        self.grid_walked = False
 
     def counts(self) -> Counts:
         trials = self.study.get_trials(deepcopy=False)
@@ -104,17 +106,29 @@ class TrialBudget:
         so only queued trials (retries) may start."""
         if counts.waiting:
             return True
-        if exhausted:
+        if exhausted or self.grid_walked:
             return False
         return counts.finished + len(counts.running) < self.total if self.exact else counts.finished < self.total
 
     def surplus(self, number: int) -> bool:
         """Whether the trial ``number`` (just started) is one too many: the finished trials, the trials running
         that started before it and the queued ones already fill the budget."""
+        if self.repeats_grid_point(number):
+            self.grid_walked = True  # every point is taken: from now on only queued retries may start here
+            return True
         if not self.exact:
             return False
         counts = self.counts()
         return counts.finished + sum(n < number for n in counts.running) + counts.waiting >= self.total
+
+    def repeats_grid_point(self, number: int) -> bool:
+        """Whether the trial ``number`` was handed a grid point another trial completed, runs or waits on (a grid
+        sampler does so once every point is taken)."""
+        trials = self.study.get_trials(deepcopy=False)
+        point = trials[number].system_attrs.get("grid_id")
+        return point is not None and any(
+            trial.number != number and trial.system_attrs.get("grid_id") == point and trial.state in TAKEN
+            for trial in trials)
 
     def wait(self) -> None:
         """While every slot is taken: fail the trials whose heartbeat stopped (their retries are queued), then

@@ -311,6 +311,7 @@ def optimize(cfg: DictConfig, search: Search, output_dir: Path, names: RunNames)
         try:
             guard.check(study)
             counts = budget.counts()
+            exhausted = exhausted or budget.grid_walked
             if budget.done(counts) or exhausted and not (counts.waiting or counts.running):
                 return
             if not budget.may_start(counts, exhausted):

@@ -47,6 +47,7 @@ from maskpolicy.meta.search.faults import (
     clear_stop,
     fail_stale,
 )
+from maskpolicy.meta.search.grid import SharedGridSampler
 from maskpolicy.meta.search.objectives import OBJECTIVES, ObjectiveError, resolve
 from maskpolicy.meta.search.progress import TrialProgress
 from maskpolicy.meta.search.space import SearchSpaceError
@@ -121,8 +122,11 @@ class OptunaSweep(Sweeper):
             guard.check(study)
             fail_stale(study)  # a killed sweeper's trials: failed, their parameters queued again (run first)
             counts = budget.counts()
+            if budget.grid_walked and not (counts.waiting or counts.running):
+                break  # every grid point is taken: nothing new to run
             room = n_trials - counts.finished - (len(counts.running) if budget.exact else 0)
-            if room <= 0:  # another sweeper's runs fill the budget: wait for them (or for their heartbeat to stop)
+            # another sweeper's runs fill the budget (or hold every grid point): wait for them, or for their heartbeat
+            if room <= 0 or budget.grid_walked:
                 if not waited:
                     log.info("waiting for %d running trials: another sweeper's, or a killed sweeper's until their "
                              "heartbeat is %s s old", len(counts.running), self.heartbeat["grace_period"])
@@ -177,7 +181,7 @@ class OptunaSweep(Sweeper):
                 grid = space.grid()
             except SearchSpaceError as error:
                 raise SweepError(f"hydra/sweeper/sampler=grid: {error}; sweep it as range(…) or choice(…)") from error
-            return optuna.samplers.GridSampler(grid, seed=seed), min(self.n_trials, math.prod(map(len, grid.values())))
+            return SharedGridSampler(grid, seed=seed), min(self.n_trials, math.prod(map(len, grid.values())))
         return build_sampler(OmegaConf.create(node), seed), self.n_trials
 
     def _ask(self, study: optuna.Study, space: SweepSpace, count: int) -> list[optuna.Trial]:

@@ -265,3 +265,41 @@ def test_a_full_or_read_only_disk_stops_a_write_with_its_error_and_leaves_the_ol
     subprocess.run(["mount", "-o", "remount,rw,size=4m", str(small_disk)], check=True)  # space again: the re-run
     write_json(target, {"trial": 2, "padding": "x" * 400_000})
     assert json.loads(target.read_text())["trial"] == 2 and len(list(small_disk.iterdir())) == 1
+
+
+def test_a_shared_grid_reoffers_a_point_whose_trial_failed_and_refuses_a_repeat(tmp_path):
+    from maskpolicy.meta.search.grid import SharedGridSampler
+
+    grid = SharedGridSampler({"x": [0, 1, 2]}, seed=0)
+    shared = optuna.create_study(sampler=grid, storage=open_storage(str(tmp_path / "s.db"), heartbeat_interval=None))
+    first = shared.ask()
+    first.suggest_int("x", 0, 2)
+    shared.tell(first, state=TrialState.FAIL)  # e.g. a surplus trial: never run, no retry queued
+    done = shared.ask()
+    done.suggest_int("x", 0, 2)
+    shared.tell(done, 1.0)
+    running = shared.ask()
+    running.suggest_int("x", 0, 2)  # trial 2 holds point 2 and keeps running
+    again = shared.ask()
+    # Optuna's own GridSampler counts the failed point as visited and would hand out the running one again
+    assert again.suggest_int("x", 0, 2) == first.params["x"]
+    budget = faults.TrialBudget(shared, total=3)
+    assert not budget.surplus(again.number) and not budget.grid_walked
+    repeat = shared.ask()  # every point is taken now: the sampler has to repeat one
+    repeat.suggest_int("x", 0, 2)
+    assert budget.surplus(repeat.number) and budget.grid_walked
+    assert not budget.may_start(budget.counts())  # only a queued retry may still start here
+
+
+def test_a_server_refusing_while_optuna_writes_its_version_row_is_a_cannot_connect_error(monkeypatch):
+    from maskpolicy.meta.search import engines
+
+    def refused(*args, **kwargs):
+        try:
+            raise sqlalchemy.exc.OperationalError("connect", {}, Exception("Connection refused"))
+        except sqlalchemy.exc.OperationalError as error:  # how Optuna's scoped session reports it
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from error
+
+    monkeypatch.setattr(engines, "ReconnectingRDBStorage", refused)
+    with pytest.raises(SearchConfigError, match=r"cannot connect to sqlite:///x.db: Connection refused; check"):
+        engines.open_rdb("sqlite:///x.db")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import signal
@@ -13,10 +14,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from maskpolicy.meta.results.metrics import TRIAL_METRICS
+from maskpolicy.meta.search.choices import GRID_TARGETS, names
+from maskpolicy.meta.search.engines import build_pruner, build_sampler
 from maskpolicy.meta.search.sweep import (
     PRUNER_ATTR,
     SweepError,
@@ -106,6 +111,22 @@ def test_samplers_and_pruners_come_from_the_project_config_groups():
     assert config_node("sampler", "tpe").seed is None  # null: hydra.sweeper.seed
     with pytest.raises(SweepError, match="'hyperbnd' is not one of"):
         config_node("pruner", "hyperbnd")
+
+
+@pytest.mark.parametrize("kind", ["sampler", "pruner"])
+def test_every_sampler_and_pruner_config_is_a_sweeper_group_option_that_builds(kind):
+    importlib.import_module("hydra_plugins.maskpolicy_optuna_sweeper.config")  # what Hydra's plugin scan imports
+    stored = ConfigStore.instance().repo["hydra"]["sweeper"][kind]
+    assert sorted(name.removesuffix(".yaml") for name in stored) == names(kind) and names(kind)
+    for name in names(kind):
+        node = config_node(kind, name)
+        if kind == "pruner":
+            if name == "threshold":  # its YAML leaves both bounds null on purpose: a sweep must give one
+                node.lower = 0.05
+            assert isinstance(build_pruner(node), optuna.pruners.BasePruner), name
+        elif node._target_ not in GRID_TARGETS:  # a grid is given the sweep's own grid when the sweep starts
+            built = build_sampler(OmegaConf.create({k: v for k, v in node.items() if k != "seed"}), seed=3)
+            assert isinstance(built, optuna.samplers.BaseSampler) and node.seed is None, name
 
 
 def test_values_that_are_not_plain_are_quoted_for_hydra():
@@ -290,6 +311,7 @@ def test_a_pretrain_sweep_optimises_registered_objectives_and_records_each(tmp_p
     for trial in study.trials:  # each run returned its dev EM and its MLL score, read by the metric registry
         results = json.loads((tmp_path / "sweep" / str(trial.number) / "results.json").read_text())
         assert trial.values == [results["downstream"]["dev_em"], results["mll"]["nats_per_token"]]
+        assert set(trial.user_attrs["metrics"]) == set(TRIAL_METRICS) and trial.user_attrs["seconds"] > 0
     summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert summary["objectives"] == ["dev", "mll"] and summary["best"] is None
     assert "solutions" in OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")

@@ -29,6 +29,7 @@ from maskpolicy.tasks.base import TaskError
 
 log = logging.getLogger(__name__)
 _PLAIN = (bool, int, float, str, type(None), list, tuple, dict)
+SCHEDULE_KEY = "schedule"  # every policy config's rate schedule: conf/policy/schedule/, taken out by build_policy
 # Earlier releases called the learning options ``meta`` (meta-learning's own ``meta.meta``) and chose the
 # estimator, sampler and pruner by a name key where today a config group does.
 _RENAMED_KEYS = ((re.compile(r"^([+~]{0,2})meta\.meta\."), r"\1learning.meta_learning."),
@@ -84,8 +85,9 @@ def modern_overrides(arguments: Sequence[str]) -> list[str]:
 
 
 def plugin_policy_node(target: str, factory: Any) -> dict[str, Any]:
-    """A Hydra node for ``factory``: ``_target_`` plus each plain parameter's default (the signature is the schema)."""
-    node: dict[str, Any] = {"_target_": target}
+    """A Hydra node for ``factory``: ``_target_`` plus each plain parameter's default (the signature is the schema),
+    with the rate schedule every policy config takes (``policy/schedule/``)."""
+    node: dict[str, Any] = {"defaults": [{SCHEDULE_KEY: "constant"}, "_self_"], "_target_": target}
     for name, parameter in inspect.signature(factory).parameters.items():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
@@ -130,8 +132,6 @@ def register_plugin_policies(config_store: ConfigStore | None = None) -> list[st
         registered.append(name)
     return registered
 
-
-SCHEDULE_KEY = "schedule"
 
 
 def build_policy(node: Any, what: str = "policy") -> tuple[MaskingPolicy, RateSchedule | None]:

@@ -1,7 +1,7 @@
 """Every YAML under conf/ checked against the constructor its ``_target_`` names: the target exists, every key is
 one of its parameters, every plain value has the parameter's type, and a policy's config restates its
 constructor's defaults exactly (it lists them so that the command line can set each one; the signature is where
-they live), so the two cannot drift apart."""
+they live), so the two cannot drift apart. The rate schedule is one shared node, ``conf/policy/schedule/``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hydra import compose, initialize_config_module
 from hydra._internal.utils import _locate
 from omegaconf import OmegaConf
 
@@ -119,8 +120,25 @@ def test_a_policy_config_restates_every_default_of_its_constructor_exactly(path)
         assert name in node, f"{path.name} lacks {name}: the command line could not set policy.{name}"
         default = list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default
         assert node[name] == default, f"{path.name}: {name}={node[name]!r}, its constructor's default is {default!r}"
-    schedule = inspect.signature(RateSchedule).parameters
-    assert node[SCHEDULE_KEY] == {name: p.default for name, p in schedule.items()}, path.name
+    assert {SCHEDULE_KEY: "constant"} in node["defaults"], f"{path.name} takes the shared rate schedule node"
+    assert SCHEDULE_KEY not in node, f"{path.name} re-types the schedule; set it in policy/schedule/ or override it"
+
+
+SCHEDULES = sorted((CONF / "policy" / SCHEDULE_KEY).glob("*.yaml"))
+
+
+def test_the_constant_schedule_restates_rate_schedules_defaults_exactly():
+    defaults = {name: p.default for name, p in inspect.signature(RateSchedule).parameters.items()}
+    assert raw(CONF / "policy" / SCHEDULE_KEY / "constant.yaml") == defaults
+
+
+@pytest.mark.parametrize("path", SCHEDULES, ids=[p.stem for p in SCHEDULES])
+def test_every_schedule_preset_composes_into_a_rate_schedule(path):
+    with initialize_config_module("maskpolicy.conf", version_base="1.3"):
+        policy = compose("pretrain", overrides=["policy=span", f"policy/schedule={path.stem}"]).policy
+    node = OmegaConf.to_container(policy[SCHEDULE_KEY])
+    assert not problems(path.name, {"_target_": "maskpolicy.policies.RateSchedule", **node})
+    assert RateSchedule(**node).kind == (raw(path).get("kind") or "constant")
 
 
 def test_a_wrong_key_or_type_is_found():

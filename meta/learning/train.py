@@ -128,7 +128,8 @@ def _build(cfg: DictConfig) -> tuple[Task, ModelSpec, LearnedPolicy]:
                         "policy from")
     policy, _ = build_policy(cfg.policy)   # a schedule drives the rate later, where the policy is used
     if not isinstance(policy, LearnedPolicy):
-        raise PolicyError(f"maskpolicy-learn trains a LearnedPolicy; policy._target_ built a {type(policy).__name__}")
+        raise PolicyError(f"maskpolicy-learn trains a LearnedPolicy (policy=learned); the policy config built a "
+                          f"{type(policy).__name__}")
     return task, spec, policy
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from maskpolicy.meta.pipeline import RunNames
 from maskpolicy.meta.results import schema
 from maskpolicy.meta.results.files import write_text
 from maskpolicy.meta.results.schema import PretrainResults
+from maskpolicy.meta.search.progress import FinalProgress
 from maskpolicy.meta.search.study import Search, best_per_family, share_cores
 from maskpolicy.meta.search.trial import ARTIFACT_LOADER, run_configuration
 from maskpolicy.policies import FitsCorpus
@@ -72,7 +73,8 @@ def configurations(cfg: DictConfig, search: Search) -> list[FinalConfiguration]:
 
 def run_finals(cfg: DictConfig, search: Search, output_dir: Path, names: RunNames,
                processes: int = 1) -> list[FinalConfiguration]:
-    """Every configuration re-run with every final seed (finished ones read back), ``processes`` at a time.
+    """Every configuration re-run with every final seed (finished ones read back), ``processes`` at a time, with a
+    line for each as it ends.
 
     Each run is seeded on its own, so running them side by side changes only thread counts (and with them
     float rounding), not what is run.
@@ -80,25 +82,32 @@ def run_finals(cfg: DictConfig, search: Search, output_dir: Path, names: RunName
     chosen = configurations(cfg, search)
     jobs = [(configuration, seed, output_dir / "final" / configuration.label / f"seed-{seed}")
             for configuration in chosen for seed in search.final_seeds]
-    pending = [job for job in jobs if not (job[2] / schema.RESULTS_FILE).exists()]
+    results = {directory: schema.load(directory, PretrainResults) for _, _, directory in jobs
+               if (directory / schema.RESULTS_FILE).exists()}
+    pending = [job for job in jobs if job[2] not in results]
+    progress = FinalProgress(len(jobs), done=len(results))
     if processes > 1 and len(pending) > 1:
         # the config goes resolved: a spawned process has none of Hydra's resolvers
         resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         with ProcessPoolExecutor(min(processes, len(pending)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=share_cores, initargs=(processes,)) as pool:
-            futures = [pool.submit(_run_or_resume, resolved, *job, names) for job in pending]
-            for future in futures:
-                future.result()  # re-raises a run's error here
-    for configuration, seed, directory in jobs:
-        configuration.runs.append(_run_or_resume(cfg, configuration, seed, directory, names))
+            futures = {pool.submit(_run, resolved, *job, names): job for job in pending}
+            for future in as_completed(futures):
+                configuration, seed, directory = futures[future]
+                results[directory] = future.result()  # re-raises a run's error here
+                progress(configuration.label, seed, results[directory])
+    else:
+        for configuration, seed, directory in pending:
+            results[directory] = _run(cfg, configuration, seed, directory, names)
+            progress(configuration.label, seed, results[directory])
+    for configuration, _, directory in jobs:
+        configuration.runs.append(results[directory])
         configuration.directories.append(directory)
     return chosen
 
 
-def _run_or_resume(cfg: DictConfig, configuration: FinalConfiguration, seed: int, directory: Path,
-                   names: RunNames) -> PretrainResults:
-    if (directory / schema.RESULTS_FILE).exists():
-        return schema.load(directory, PretrainResults)
+def _run(cfg: DictConfig, configuration: FinalConfiguration, seed: int, directory: Path,
+         names: RunNames) -> PretrainResults:
     log.info("final run: %s, seed %d", configuration.label, seed)
     # the pre-training probe serves pruning, which final re-runs never do
     overrides = {**configuration.overrides, "pretrain.probe.every": 0}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,6 +168,16 @@ def test_the_policy_comes_by_name_object_config_node_config_file_or_folder(token
                            (str(tmp_path / "policy.json"), {}), (tmp_path / "folder", {})]:
         got = MaskingCollator(tokenizer, policy, **params)(features)
         assert all(torch.equal(reference[k], got[k]) for k in reference), policy
+
+
+def test_a_shipped_policy_yaml_is_a_config_file_and_a_composed_one_is_refused_naming_the_fix(tokenizer):
+    conf = Path(__file__).resolve().parents[2] / "conf" / "policy"
+    features = examples(MaskingCollator(tokenizer))
+    reference = MaskingCollator(tokenizer, SpanPolicy(0.15))(features)
+    got = MaskingCollator(tokenizer, conf / "span.yaml")(features)  # its defaults list names only the schedule
+    assert all(torch.equal(reference[k], got[k]) for k in reference)
+    with pytest.raises(CollatorError, match=r"mixture.yaml has a Hydra defaults list .*compose it first"):
+        MaskingCollator(tokenizer, conf / "mixture.yaml")
 
 
 def test_seq2seq_collation_is_the_sentinel_format(tokenizer):

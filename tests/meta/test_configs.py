@@ -24,7 +24,8 @@ EXTRA = {"model/hf_masked_lm": ["model.pretrained=bert-base-uncased"],
 OPTIONS = sorted(str(p.relative_to(CONF).with_suffix("")) for p in CONF.rglob("*.yaml") if p.parent != CONF)
 # groups whose every option is exercised by another test module
 ELSEWHERE = {"score/estimator": "tests/meta/test_score.py", "search/sampler": "tests/meta/test_search_parts.py",
-             "search/pruner": "tests/meta/test_search_parts.py", "search/space": "tests/meta/test_search_space.py"}
+             "search/pruner": "tests/meta/test_search_parts.py", "search/space": "tests/meta/test_search_space.py",
+             "policy/schedule": "tests/test_config_signatures.py"}
 CHECKED_HERE = {"policy", "task", "model", "trainer", "tagger", "learning", "logger", "search/profile", "downstream"}
 
 

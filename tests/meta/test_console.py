@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from maskpolicy.meta import console
-from maskpolicy.meta.search.progress import TrialProgress, duration
+from maskpolicy.meta.search.progress import FinalProgress, TrialProgress, duration
 
 TINY = ["task.n_people=40", "task.biographies_per_person=2", "pretrain.steps=4", "pretrain.batch_size=8",
         "pretrain.checkpoint_every=4", "finetune.epochs=2", "finetune.batch_size=8", "score.passes=4",
@@ -79,6 +79,17 @@ def test_failures_are_not_progress_the_line_says_how_many_failed_in_a_row_and_gu
         "trial 1/3 #3: failed: ConfigError: bad | best 0.5000 (#2) | 1 failed in a row, 86 s left",
     ]
     assert all(LINE.match(line) for line in lines)
+
+
+def test_one_line_per_final_run_with_its_test_score_counting_runs_read_back(make_run):
+    lines, clock = [], Clock()
+    progress = FinalProgress(4, done=1, write=lines.append, clock=clock)
+    for label, seed, test in (("entity", 1, 0.3125), ("random", 1, 0.25), ("random", 2, None)):
+        clock.now += 60.0
+        progress(label, seed, make_run(0.3, test, -2.0))
+    assert lines == ["final 2/4 entity seed 1: test EM 0.3125 | 2 min left",   # 60 s a run here, 2 left
+                     "final 3/4 random seed 1: test EM 0.2500 | 60 s left",
+                     "final 4/4 random seed 2: no test score | done"]
 
 
 def test_durations_read_in_the_unit_a_person_expects():
@@ -147,6 +158,9 @@ def test_a_search_shows_one_line_per_trial_and_keeps_each_trials_detail_in_its_l
     trial_lines = [line for line in done.stdout.splitlines() if line.startswith("trial ")]
     assert len(trial_lines) == 2 and all(LINE.match(line) for line in trial_lines), trial_lines
     assert trial_lines[-1].endswith("| done")
+    final_lines = [line for line in done.stdout.splitlines() if line.startswith("final ")]
+    assert final_lines and final_lines[-1].endswith("| done"), done.stdout[-2000:]
+    assert all(re.match(r"^final \d+/\d+ \S+ seed 1: test EM \d\.\d{4} \| ", line) for line in final_lines)
     assert not [word for word in CHATTER if word in done.stdout + done.stderr]
     assert "Trial 0 finished" not in done.stderr  # Optuna's own line, which the trial line replaces
     assert "GPU available: False" in (tmp_path / "s" / "trials" / "0000" / "run.log").read_text()

@@ -37,9 +37,14 @@ lint: install
 
 # pytest exits 5 when it collected no tests; that is a failure here, not a pass.
 # The real assets are installed so that their tests run (without them those tests skip, saying why).
+# The suite runs on every core (pytest-xdist; TEST_WORKERS=0 runs it in one process), then the tests marked
+# serial run alone: their kill timings assume no other test's load.
+TEST_WORKERS ?= auto
+PYTEST_STRICT = status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; \
+	[ $$status -eq 0 ] || exit $$status
 test: lint real
-	$(BIN)/pytest -q -rs --durations=10; status=$$?; \
-	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+	$(BIN)/pytest -q -rs -n $(TEST_WORKERS) -m "not serial" --durations=15; $(PYTEST_STRICT)
+	$(BIN)/pytest -q -rs -m serial; $(PYTEST_STRICT)
 
 # The documentation site in build/site (what CI builds, --strict: a broken link or docstring fails it). The API pages
 # read the sources through build/api-src, links that give each source folder its import path (mkdocs.yml says why).
@@ -58,7 +63,7 @@ docs-serve: docs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 # The main job: the quick search profile on the embedded default; re-running it resumes the same study.
 demo: install

@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
-from maskpolicy.meta.config import SCHEDULE_KEY, build_policy
+from maskpolicy.meta.config import build_policy, policy_file
 from maskpolicy.meta.context import CachedStates, default_cache_dir, source_for
 from maskpolicy.meta.learning.artifacts import (
     check_tokenizer,
@@ -361,7 +360,7 @@ def _resolve_policy(policy: Any, params: dict[str, Any]) -> tuple[MaskingPolicy,
         if not path.is_file():
             raise CollatorError(f"policy {str(policy)!r} is neither a registered name ({', '.join(available())}) nor "
                                 "a policy config file or saved policy folder")
-        node = _without_schedule_default(OmegaConf.to_container(OmegaConf.load(path), resolve=True), path)
+        node = policy_file(path)
     else:
         node = dict(policy)
     if not isinstance(node, dict):
@@ -375,18 +374,6 @@ def _resolve_policy(policy: Any, params: dict[str, Any]) -> tuple[MaskingPolicy,
         log.warning("the policy's rate schedule (%s) is not followed by the collator, which masks at the base rate; "
                     "set it yourself with maskpolicy.policies.set_rate(collator.policy, rate)", schedule.kind)
     return built, schedule
-
-
-def _without_schedule_default(node: Any, path: Path) -> Any:
-    """A policy YAML of ``conf/policy/`` without its defaults list, which only names the (constant) rate schedule the
-    collator does not follow; any other defaults entry needs Hydra to compose it."""
-    if not isinstance(node, dict) or "defaults" not in node:
-        return node
-    others = [entry for entry in node.pop("defaults") or [] if entry not in ("_self_", {SCHEDULE_KEY: "constant"})]
-    if others:
-        raise CollatorError(f"{path} has a Hydra defaults list ({others}); compose it first (e.g. "
-                            "hydra.compose('pretrain', overrides=['policy=<name>']).policy) and pass that config")
-    return node
 
 
 def _saved_tagger(saved: Mapping[str, Any] | None, path: Any) -> Any:

@@ -156,6 +156,18 @@ def build_policy(node: Any, what: str = "policy") -> tuple[MaskingPolicy, RateSc
     return policy, rate_schedule
 
 
+def policy_file(path: str | Path) -> Any:
+    """A policy config file as plain values. A shipped ``conf/policy/`` file's defaults list names only the constant
+    schedule (what a missing schedule means); any other defaults entry needs Hydra to compose the file first."""
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    others = [entry for entry in (node.pop("defaults", None) or [] if isinstance(node, dict) else [])
+              if entry not in ("_self_", {SCHEDULE_KEY: "constant"})]
+    if others:
+        raise ConfigError(f"{path} has a Hydra defaults list ({others}); compose it first (e.g. "
+                          "hydra.compose('pretrain', overrides=['policy=<name>']).policy) and pass that config")
+    return node
+
+
 def _drop_nested_schedules(container: dict, what: str) -> None:
     for key, value in container.items():
         if isinstance(value, dict):

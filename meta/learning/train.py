@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
@@ -126,11 +127,27 @@ def _build(cfg: DictConfig) -> tuple[Task, ModelSpec, LearnedPolicy]:
     if not isinstance(task, Task):
         raise TaskError(f"task {getattr(task, 'name', type(task).__name__)!r} has no text and QA to learn a masking "
                         "policy from")
+    target = _target_class(cfg.policy)
+    if target is not None and not issubclass(target, LearnedPolicy):  # before the run's seed reaches its signature
+        raise _not_learned(target.__name__)
     policy, _ = build_policy(cfg.policy)   # a schedule drives the rate later, where the policy is used
     if not isinstance(policy, LearnedPolicy):
-        raise PolicyError(f"maskpolicy-learn trains a LearnedPolicy (policy=learned); the policy config built a "
-                          f"{type(policy).__name__}")
+        raise _not_learned(type(policy).__name__)
     return task, spec, policy
+
+
+def _target_class(node: DictConfig) -> type | None:
+    """The class ``node`` builds, where its ``_target_`` names one (a loader function: None)."""
+    try:
+        target = hydra.utils.get_object(node.get("_target_"))
+    except (ImportError, ValueError, AttributeError):
+        return None  # build_policy names the problem
+    return target if isinstance(target, type) else None
+
+
+def _not_learned(built: str) -> PolicyError:
+    return PolicyError(f"maskpolicy-learn trains a LearnedPolicy (policy=learned, or policy=artifact with a learned "
+                       f"policy's folder); the policy config builds a {built}")
 
 
 def _train(method: str, cfg: DictConfig, task: Task, spec: ModelSpec, tokenizer: PreTrainedTokenizerBase,

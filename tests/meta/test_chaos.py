@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from maskpolicy.meta.search.engines import open_storage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # serial: its kill timings assume no other test's load
 
 WORKERS, N_TRIALS, MAX_RETRY, SEED = 4, 9, 3, 24
 MAX_KILLS = 6   # a kill every 3-6 s while trials run, at most this many (each costs a worker start)
@@ -205,8 +205,10 @@ def test_a_study_survives_killed_workers_and_server_restarts_and_ends_as_an_undi
     assert len(set(configurations)) == N_TRIALS
     by_worker = [ran_by(chaos.run_dir(i)) for i in range(WORKERS)]
     assert sum(map(len, by_worker)) == len(set().union(*by_worker))
-    # every killed trial was failed by its heartbeat (no error of its own) and its parameters retried at most
-    # max_retry times, the last retry finished
+    # every killed trial was failed by its heartbeat (no error of its own), its parameters retried at most max_retry
+    # times, and its configuration finished once: by its last retry, or by another trial the grid sampler gave the
+    # same point (a failed trial's point is offered again) while the retry waited or was killed in turn (seen under
+    # a loaded machine: retry 13 of 10 killed after the point had finished elsewhere, so no third retry was due)
     stale = {t.number for t in trials if t.state == TrialState.FAIL and "failure" not in t.user_attrs
              and not t.user_attrs.get("surplus")}
     assert chaos.killed_trials <= stale, (chaos.killed_trials, stale)
@@ -215,7 +217,8 @@ def test_a_study_survives_killed_workers_and_server_restarts_and_ends_as_an_undi
         root = trials[number].system_attrs.get("failed_trial", number)
         again = [t for t in retries if t.system_attrs["failed_trial"] == root]
         assert again and len(again) <= MAX_RETRY and all(t.params == trials[root].params for t in again)
-        assert again[-1].state in FINISHED or len(again) == MAX_RETRY
+        done_by = [t.number for t in finished if t.params == trials[root].params]
+        assert len(done_by) == 1, (root, [(t.number, t.state) for t in again], done_by)
     assert not [t.number for t in trials if "failure" in t.user_attrs]  # no trial failed by its own error
 
     run_main(config_dir, chaos_url, chaos_root / "main")

@@ -19,6 +19,7 @@ from transformers import BertTokenizerLegacy, PreTrainedTokenizerFast
 
 from maskpolicy import ArtifactError, CollatorError, MaskingCollator, load_policy, read_card, save_policy
 from maskpolicy.meta.collator import columns
+from maskpolicy.meta.config import ConfigError
 from maskpolicy.meta.learning.artifacts import CARD
 from maskpolicy.policies import (
     DEFAULT_FEATURES,
@@ -176,7 +177,7 @@ def test_a_shipped_policy_yaml_is_a_config_file_and_a_composed_one_is_refused_na
     reference = MaskingCollator(tokenizer, SpanPolicy(0.15))(features)
     got = MaskingCollator(tokenizer, conf / "span.yaml")(features)  # its defaults list names only the schedule
     assert all(torch.equal(reference[k], got[k]) for k in reference)
-    with pytest.raises(CollatorError, match=r"mixture.yaml has a Hydra defaults list .*compose it first"):
+    with pytest.raises(ConfigError, match=r"mixture.yaml has a Hydra defaults list .*compose it first"):
         MaskingCollator(tokenizer, conf / "mixture.yaml")
 
 

@@ -120,7 +120,5 @@ def test_bad_method_or_policy_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="learning.method must be one of supervised, meta_learning"):
         learn_policy(config(*SMALL, "learning.method=reinforce"), tmp_path, "bioworld")
     with pytest.raises(PolicyError, match="trains a LearnedPolicy"):
-        learn_policy(config(*SMALL, "policy._target_=maskpolicy.policies.RandomPolicy", "~policy.features",
-                        "~policy.embedding_dim", "~policy.hidden_size", "~policy.sampling", "~policy.temperature",
-                        "~policy.seed"), tmp_path, "bioworld")
+        learn_policy(config(*SMALL, "policy=random"), tmp_path, "bioworld")
     assert not (tmp_path / "policy").exists()

@@ -54,6 +54,7 @@ from maskpolicy.policies import (
     EntityPolicy,
     FitsCorpus,
     RandomPolicy,
+    RemembersRows,
     TokenBatch,
     available,
     build,
@@ -297,6 +298,16 @@ def make_methods(bench: Bench, wwm_rows: int, wwm_rounds: int) -> list[Method]:
                 continue
             methods.append(Method(label, lambda p=policy, g=generator: corrupt(p.select(batch, g), g), n_tokens,
                                   note=note))
+            if isinstance(policy, RemembersRows):  # the same tables, each row's fixed work done once beforehand
+                remembered, remembered_generator = build(name, **params), torch.Generator().manual_seed(seed)
+                remembered.load_tables(policy.tables)
+                start = time.perf_counter()
+                remembered.remember_rows(batch)
+                note = (f"the same tables; each row's units/word scores worked out once, untimed: "
+                        f"{time.perf_counter() - start:.2f} s for the batch's {batch.input_ids.shape[0]} rows")
+                methods.append(Method(f"{label}, rows remembered",
+                                      lambda p=remembered, g=remembered_generator: corrupt(p.select(batch, g), g),
+                                      n_tokens, note=note))
 
     methods.append(pretraining_step(bench))
     with warnings.catch_warnings():

@@ -4,10 +4,14 @@ A policy that :class:`~maskpolicy.policies.FitsCorpus` is fitted once per corpus
 and table parameters: the tables are cached as safetensors in ``pretrain.tables_cache`` under a
 SHA-256 of all three, written atomically, so runs, seeds and search trials on one corpus share one
 build. A cache file that cannot be read is logged and rebuilt. Mixture components are fitted too.
+A policy that :class:`~maskpolicy.policies.RemembersRows` then does its per-row work for the whole
+corpus once (recorded apart, as ``remember_seconds``), unless the corpus is larger than
+:data:`REMEMBER_MAX_TOKENS`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,11 +25,12 @@ import torch
 
 from maskpolicy.meta.learning.policy_state import policy_parts
 from maskpolicy.meta.results.files import write_atomic
-from maskpolicy.policies import FitsCorpus, MaskingPolicy
+from maskpolicy.policies import FitsCorpus, MaskingPolicy, RemembersRows
 from maskpolicy.tasks.text.encoding import pad_rows, token_batch
 
 log = logging.getLogger(__name__)
 TABLES_VERSION = 1  # bump when a policy's table format changes, so old cache files are not read
+REMEMBER_MAX_TOKENS = 2**26  # rows × width; a row memo holds one or two values per token (≤ 1 GiB here)
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class TablesRecord:
     seconds: float
     entries: int         # table rows, summed over the tables
     path: str | None
+    remember_seconds: float | None = None   # the per-row work done once for the corpus; None: not done
 
 
 def fit_tables(policy: MaskingPolicy, rows: Sequence[dict], pad_token_id: int, cache_dir: str | None
@@ -49,7 +55,19 @@ def fit_tables(policy: MaskingPolicy, rows: Sequence[dict], pad_token_id: int, c
     corpus = token_batch(pad_rows([{key: row[key] for key in ("input_ids", "special", "word_ids")} for row in rows],
                                   pad_token_id))
     corpus_digest = _corpus_digest(rows)
-    return [_fit_one(part, corpus, corpus_digest, cache_dir) for part in fitted]
+    return [_remember(part, corpus, _fit_one(part, corpus, corpus_digest, cache_dir)) for part in fitted]
+
+
+def _remember(policy: FitsCorpus, corpus, record: TablesRecord) -> TablesRecord:
+    if not isinstance(policy, RemembersRows):
+        return record
+    if corpus.input_ids.numel() > REMEMBER_MAX_TOKENS:
+        log.info("%s: the corpus (%d × %d tokens) is too large to remember its rows; each batch is worked out anew",
+                 record.kind, *corpus.input_ids.shape)
+        return record
+    started = time.perf_counter()
+    policy.remember_rows(corpus)
+    return dataclasses.replace(record, remember_seconds=round(time.perf_counter() - started, 3))
 
 
 def _fit_one(policy: FitsCorpus, corpus, corpus_digest: str, cache_dir: str | None) -> TablesRecord:

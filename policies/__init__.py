@@ -1,6 +1,6 @@
 """What to mask: pluggable, vectorised masking policies. Depends on torch only."""
 
-from .base import BudgetError, FitsCorpus, MaskingPolicy, PolicyError, TokenBatch, check_rate
+from .base import BudgetError, FitsCorpus, MaskingPolicy, PolicyError, RemembersRows, TokenBatch, check_rate
 from .context import ContextSpec
 from .corruption import IGNORE_INDEX, Seq2SeqBatch, mlm_corrupt, sentinel_corrupt
 from .entity import EntityPolicy
@@ -34,6 +34,7 @@ __all__ = [
     "PolicyError",
     "RandomPolicy",
     "RateSchedule",
+    "RemembersRows",
     "Seq2SeqBatch",
     "SpanPolicy",
     "TokenBatch",

@@ -110,6 +110,17 @@ class FitsCorpus(Protocol):
         ...
 
 
+@runtime_checkable
+class RemembersRows(Protocol):
+    """A :class:`FitsCorpus` policy whose per-row work is fixed once its tables are (``pmi``'s units,
+    ``informative``'s word scores): the pipeline calls :meth:`remember_rows` with the corpus after fitting, and
+    ``select`` reads that work back for every row it recognises. Masks are the same with or without it."""
+
+    def remember_rows(self, corpus: TokenBatch) -> None:
+        """Does the per-row work for every row of ``corpus`` (with the current tables) and keeps it."""
+        ...
+
+
 def check_rate(rate: float) -> float:
     """Validates a masking rate, the fraction of maskable tokens to mask."""
     if not 0.0 < float(rate) <= 1.0:

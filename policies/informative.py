@@ -5,7 +5,8 @@ A word occurrence's informativeness is the sum of its PMI with the words around 
 occurrences in the corpus, as InforMask's token-specific rates precompute it. :meth:`fit`
 builds that table once; :meth:`select` reads it and masks whole words in order of
 ``score / temperature + Gumbel noise``, so the most informative words are masked most often
-while masks still vary between epochs.
+while masks still vary between epochs. :meth:`InformativePolicy.remember_rows` looks up the words
+of the corpus pre-training draws from once (a :class:`~.memo.RowMemo`); ``select`` then only draws.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .base import PolicyError, TokenBatch, check_rate
+from .memo import RowMemo
 from .ops import budget, select_groups
 from .words import KeyTable, count_keys, lookup, ngram_keys, words_of
 
@@ -41,6 +43,7 @@ class InformativePolicy:
             raise PolicyError(f"informative temperature must be > 0, got {temperature}")
         self.window, self.temperature = int(window), float(temperature)
         self.tables: dict[str, Tensor] | None = None
+        self._memo: RowMemo | None = None
 
     @property
     def table_parameters(self) -> dict[str, int | str]:
@@ -86,19 +89,34 @@ class InformativePolicy:
             raise PolicyError(f"informative tables need keys and scores, got {sorted(tables)}: refit")
         self.tables = dict(tables)
         self._lookup = KeyTable(tables["keys"], tables["scores"])
+        self._memo = None  # scores from another table
+
+    def remember_rows(self, corpus: TokenBatch) -> None:
+        """Finds the words of every ``corpus`` row and their scores once, for ``select`` to read back."""
+        self._require_tables()
+        self._memo = RowMemo.build(corpus, self._word_scores, {"groups": -1, "scores": 0.0})
 
     def select(self, batch: TokenBatch, generator: torch.Generator) -> Tensor:
-        if self.tables is None:
-            raise PolicyError("the informative policy has no word scores yet: call policy.fit(corpus) on the "
-                              "pre-training corpus first (maskpolicy-pretrain does), or load_tables(...)")
-        words = words_of(batch, "informative")
-        keys, _ = ngram_keys(words, 1)
-        score = self._lookup.to(keys.device).get(keys, 0.0)
+        self._require_tables()
+        found = self._word_scores(batch) if self._memo is None else self._memo.get(batch, self._word_scores)
+        groups = found["groups"]
+        score = found["scores"][:, : int(groups.max()) + 1 if groups.numel() else 0]  # one slot per word
         uniform = torch.rand(score.shape, generator=generator, device=score.device).clamp(1e-12, 1 - 1e-7)
         gumbel = -torch.log(-torch.log(uniform))
         order = -(score / self.temperature + gumbel)  # ascending order = the words to mask first
-        by_group = torch.nn.functional.pad(order, (0, words.groups.shape[1] - order.shape[1]), value=float("inf"))
-        return select_groups(words.groups, budget(batch.maskable, self.rate), generator, group_keys=by_group)
+        by_group = torch.nn.functional.pad(order, (0, groups.shape[1] - order.shape[1]), value=float("inf"))
+        return select_groups(groups, budget(batch.maskable, self.rate), generator, group_keys=by_group)
+
+    def _require_tables(self) -> None:
+        if self.tables is None:
+            raise PolicyError("the informative policy has no word scores yet: call policy.fit(corpus) on the "
+                              "pre-training corpus first (maskpolicy-pretrain does), or load_tables(...)")
+
+    def _word_scores(self, batch: TokenBatch) -> dict[str, Tensor]:
+        """``groups`` ``Long[B, L]``, each token's word (``-1``: none), and ``scores`` ``Float[B, W]``, each word's."""
+        words = words_of(batch, "informative")
+        keys, _ = ngram_keys(words, 1)
+        return {"groups": words.groups, "scores": self._lookup.to(keys.device).get(keys, 0.0)}
 
 
 def _merge_counts(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,9 @@ n-gram's probability to the most probable way of splitting it into contiguous pa
 PMI. :meth:`PMIPolicy.select` finds those n-grams in a batch, keeps a non-overlapping set
 (an n-gram survives when it beats every n-gram overlapping it: higher PMI, then longer, then
 earlier), treats every other word as a unit of its own, and masks units in random order up
-to the budget, as whole-word masking does.
+to the budget, as whole-word masking does. A row's units depend on the row and the tables only:
+:meth:`PMIPolicy.remember_rows` works them out once for the corpus pre-training draws from (a
+:class:`~.memo.RowMemo`), and ``select`` then only orders them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .base import PolicyError, TokenBatch, check_rate
+from .memo import RowMemo
 from .ops import budget, dense_groups, select_groups
 from .words import KeyTable, Words, count_keys, lookup, ngram_orders, shifted, words_of
 
@@ -49,6 +52,7 @@ class PMIPolicy:
             raise PolicyError(f"pmi min_count and top_k must be ≥ 1, got min_count={min_count}, top_k={top_k}")
         self.max_n, self.min_count, self.top_k = int(max_n), int(min_count), int(top_k)
         self.tables: dict[str, Tensor] | None = None
+        self._memo: RowMemo | None = None
 
     @property
     def table_parameters(self) -> dict[str, int | str]:
@@ -80,16 +84,29 @@ class PMIPolicy:
             raise PolicyError(f"pmi tables lack {', '.join(missing)}; they were made with another max_n: refit")
         self.tables = dict(tables)
         self._lookups = {n: KeyTable(tables[f"keys_{n}"], tables[f"scores_{n}"]) for n in range(2, self.max_n + 1)}
+        self._memo = None  # units found with other tables
+
+    def remember_rows(self, corpus: TokenBatch) -> None:
+        """Works out the masking units of every ``corpus`` row once, for ``select`` to read back."""
+        self._require_tables()
+        self._memo = RowMemo.build(corpus, self._groups, {"groups": -1})
 
     def select(self, batch: TokenBatch, generator: torch.Generator) -> Tensor:
+        self._require_tables()
+        groups = (self._groups(batch) if self._memo is None else self._memo.get(batch, self._groups))["groups"]
+        return select_groups(groups, budget(batch.maskable, self.rate), generator)
+
+    def _require_tables(self) -> None:
         if self.tables is None:
             raise PolicyError("the pmi policy has no n-gram tables yet: call policy.fit(corpus) on the pre-training "
                               "corpus first (maskpolicy-pretrain does), or load_tables(...)")
+
+    def _groups(self, batch: TokenBatch) -> dict[str, Tensor]:
+        """``{"groups": Long[B, L]}``: each token's masking unit, numbered per row (``-1``: none)."""
         words = words_of(batch, "pmi")
         score, length = self._best_ngrams(words)
         kept = _non_overlapping(score, length, self.max_n)
-        units = _units(words, kept, length, self.max_n)
-        return select_groups(dense_groups(units, batch.maskable), budget(batch.maskable, self.rate), generator)
+        return {"groups": dense_groups(_units(words, kept, length, self.max_n), batch.maskable)}
 
     def _score_order(self, n: int, words: Words, grams: dict, log_p: dict) -> tuple[Tensor, Tensor]:
         """The kept n-grams of order ``n``: sorted keys and their generalised PMI."""

@@ -125,12 +125,22 @@ class Chaos:
         if not busy:
             return False
         victim = self.rng.choice(busy)
+        mid_trial = running & (ran_by(self.run_dir(victim)) - self.before[victim])
         self.workers[victim].send_signal(signal.SIGKILL)
         self.workers[victim].wait()
         self.kills += 1
-        self.killed_trials |= running & (ran_by(self.run_dir(victim)) - self.before[victim])
+        # a trial may have finished between reading the study and the kill: it was not killed mid-trial
+        self.killed_trials |= mid_trial - self.finished_now()
         self.start(victim)
         return True
+
+    def finished_now(self) -> set[int]:
+        """The finished trials, read again until the server answers (it may be restarting)."""
+        deadline = time.monotonic() + 60
+        while (trials := self.trials()) is None:
+            assert time.monotonic() < deadline, "the study could not be read for 60 s"
+            time.sleep(0.25)
+        return {t.number for t in trials if t.state in FINISHED}
 
     def drive(self, timeout: float) -> None:
         for index in range(WORKERS):
@@ -216,7 +226,8 @@ def test_a_study_survives_killed_workers_and_server_restarts_and_ends_as_an_undi
     for number in stale:
         root = trials[number].system_attrs.get("failed_trial", number)
         again = [t for t in retries if t.system_attrs["failed_trial"] == root]
-        assert again and len(again) <= MAX_RETRY and all(t.params == trials[root].params for t in again)
+        assert again and len(again) <= MAX_RETRY and all(t.params == trials[root].params for t in again), (
+            number, root, [(t.number, t.state, t.params, t.system_attrs) for t in [trials[root], *again]])
         done_by = [t.number for t in finished if t.params == trials[root].params]
         assert len(done_by) == 1, (root, [(t.number, t.state) for t in again], done_by)
     assert not [t.number for t in trials if "failure" in t.user_attrs]  # no trial failed by its own error

@@ -102,6 +102,7 @@ def test_pmi_on_a_linear_schedule_records_its_rates_and_reuses_its_cached_tables
     assert [t["source"] for t in first["tables"]] == ["built"] and [t["source"] for t in second["tables"]] == ["cache"]
     assert first["tables"][0]["kind"] == "pmi" and first["tables"][0]["entries"] > 0
     assert first["tables"][0]["path"] == second["tables"][0]["path"]
+    assert all(run["tables"][0]["remember_seconds"] >= 0 for run in (first, second))  # the corpus rows, once a run
     logged = [line.split(",") for line in (tmp_path / "first/pretrain/metrics.csv").read_text().splitlines()]
     column = logged[0].index("pretrain/rate")
     rates = [float(row[column]) for row in logged[1:] if row[column]]

@@ -24,7 +24,7 @@ from maskpolicy.meta.base import base_checkpoint
 from maskpolicy.meta.config import ConfigError, build, build_policy, plain
 from maskpolicy.meta.context import state_source
 from maskpolicy.meta.learning.artifacts import check_use
-from maskpolicy.meta.results.files import staged_directory
+from maskpolicy.meta.results.files import disk_errors, staged_directory
 from maskpolicy.meta.results.schema import (
     BaseRecord,
     Downstream,
@@ -302,7 +302,14 @@ def policy_source(run: Setup) -> dict[str, Any] | None:
 
 def run_pretraining(cfg: DictConfig, output_dir: Path, names: RunNames, *, test: bool = True,
                     callbacks: StageCallbacks = NO_CALLBACKS) -> PretrainResults:
-    """Every step of one run; returns its results (the caller writes them)."""
+    """Every step of one run; returns its results (the caller writes them). A full or read-only disk stops it with a
+    :class:`~maskpolicy.meta.results.files.DiskError` that names the fix."""
+    with disk_errors(output_dir):
+        return _run(cfg, output_dir, names, test=test, callbacks=callbacks)
+
+
+def _run(cfg: DictConfig, output_dir: Path, names: RunNames, *, test: bool, callbacks: StageCallbacks
+         ) -> PretrainResults:
     started = time.perf_counter()
     check_devices(cfg.trainer)
     run = setup(cfg)

@@ -6,6 +6,7 @@ their trainers and pre-train through this module, so neither needs the other for
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,10 +14,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from maskpolicy.meta.config import ConfigError, build
 from maskpolicy.meta.console import StageProgressBar, show_bars
+from maskpolicy.meta.results.files import write_atomic
 from maskpolicy.tasks.training.datamodule import RowsDataModule
 from maskpolicy.tasks.training.pretraining import MaskedPretraining
 
@@ -54,6 +57,20 @@ def check_single_job(trainer: DictConfig, multirun: bool) -> None:
                           "combinations one at a time without -m, or use trainer=cpu / trainer=gpu in the sweep")
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through the project's atomic writer. Lightning's own stages a checkpoint in
+    the system's temporary folder and copies it over, which on another disk is a plain copy: a full disk left a
+    truncated ``.ckpt`` behind (seen on a 1 MB tmpfs). Here the temporary file is the checkpoint's sibling, so a
+    failed write leaves the previous file, or none."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} writes local files and takes no storage_options")
+        buffer = io.BytesIO()  # torch.save reports a failed file write as a RuntimeError; a bytes write says ENOSPC
+        torch.save(checkpoint, buffer)
+        write_atomic(path, lambda handle: handle.write(buffer.getbuffer()), binary=True)
+
+
 def make_trainer(cfg: DictConfig, output_dir: Path, stage: str, **budget: Any) -> pl.Trainer:
     """The configured trainer (``cfg.trainer``) with the configured loggers (``cfg.logger``) writing under ``stage``."""
     check_devices(cfg.trainer)
@@ -63,7 +80,7 @@ def make_trainer(cfg: DictConfig, output_dir: Path, stage: str, **budget: Any) -
     bars = bool(cfg.trainer.get("enable_progress_bar", True)) and show_bars()
     callbacks = [*budget.pop("callbacks", ()), *([StageProgressBar(STAGE_NAMES.get(stage, stage))] if bars else [])]
     return factory(default_root_dir=output_dir, logger=loggers or False, enable_progress_bar=bars, callbacks=callbacks,
-                   **budget)
+                   plugins=[AtomicCheckpointIO()], **budget)
 
 
 def fit_masked_lm(cfg: DictConfig, module: MaskedPretraining, rows: Sequence[Mapping[str, Any]], pad_token_id: int,

@@ -20,6 +20,7 @@ from maskpolicy.meta.config import expose_hydra_plugins, modern_overrides, regis
 from maskpolicy.meta.console import quiet_libraries
 from maskpolicy.meta.pipeline import RunNames, run_pretraining
 from maskpolicy.meta.results import schema
+from maskpolicy.meta.results.files import disk_errors
 from maskpolicy.meta.search.objectives import values as objective_values
 from maskpolicy.meta.search.study import record
 from maskpolicy.meta.search.sweep import (
@@ -44,7 +45,8 @@ def run(cfg: DictConfig) -> float | tuple[float, ...]:
     trial = linked_trial(cfg.get("optuna_trial"))  # a run launched by hydra/sweeper=maskpolicy_optuna
     results = run_pretraining(cfg, output_dir, names, test=True, callbacks=linked_callbacks(cfg, trial))
     if rank_zero_only.rank == 0:  # under trainer=ddp every rank runs this command; one writes
-        schema.save(output_dir, results)
+        with disk_errors(output_dir):
+            schema.save(output_dir, results)
         if trial is not None:  # the sweep's trial keeps the same records a maskpolicy-search trial does
             record(trial, results)
     downstream = results.downstream

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -21,6 +22,25 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+class DiskError(RuntimeError):
+    """A run's disk filled up or turned read-only while the run wrote to it."""
+
+
+@contextlib.contextmanager
+def disk_errors(output_dir: str | os.PathLike) -> Iterator[None]:
+    """Turns a full or read-only disk under a run into an error that names the fix (a re-run resumes)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in FULL_OR_READ_ONLY:
+            raise
+        raise DiskError(f"{error.strerror} while writing {error.filename or output_dir}: free space there (or make it "
+                        "writable) and run the same command again; the files written so far are whole, and it "
+                        "resumes from the last pre-training checkpoint") from error
 
 
 def _umask() -> int:
@@ -42,7 +62,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO], None], binary: b
             handle.flush()
             os.fsync(handle.fileno())
         except BaseException:
-            handle.close()
+            with contextlib.suppress(OSError):  # closing flushes the buffer: on a full disk it fails again
+                handle.close()
             os.unlink(temporary)
             raise
     try:

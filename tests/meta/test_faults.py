@@ -3,6 +3,7 @@ study (and resuming it), an exact trial budget, a lost database inside a trial, 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from types import SimpleNamespace
@@ -223,24 +224,65 @@ def test_the_progress_line_of_a_surplus_trial_says_it_did_not_run():
 # ---------------------------------------------------------------------------- a disk that fills or turns read-only
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 256 KiB tmpfs mounted for the test (as root, where mounting is allowed); skipped with the reason otherwise."""
+def mounted_tmpfs(folder, size: str):
+    """A ``size`` tmpfs mounted at ``folder`` (as root, where mounting is allowed); skips with the reason otherwise."""
     import shutil
     import subprocess
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
+    folder.mkdir()
     mount = shutil.which("mount")
     if mount is None or os.geteuid() != 0:
         pytest.skip("disk tests skipped: mounting a small tmpfs needs root and mount(8)")
-    done = subprocess.run([mount, "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True, text=True)
+    done = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                          text=True)
     if done.returncode != 0:
         pytest.skip(f"disk tests skipped: cannot mount a tmpfs here ({done.stderr.strip()})")
     try:
-        yield disk
+        yield folder
     finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs."""
+    yield from mounted_tmpfs(tmp_path / "disk", "256k")
+
+
+@pytest.fixture
+def run_disk(tmp_path):
+    """A 1 MiB tmpfs: a tiny run's pre-training checkpoint and model fit, its fine-tuning checkpoint does not."""
+    yield from mounted_tmpfs(tmp_path / "disk", "1m")
+
+
+@pytest.mark.slow
+def test_a_run_whose_disk_fills_stops_naming_the_fix_leaves_whole_files_and_resumes_when_there_is_room(run_disk):
+    import subprocess
+    import sys
+
+    import torch
+
+    command = [sys.executable, "-m", "maskpolicy.meta.commands.pretrain", "task.n_people=40",
+               "task.biographies_per_person=2", "pretrain.steps=6", "pretrain.batch_size=8",
+               "pretrain.checkpoint_every=3", "finetune.epochs=2", "finetune.batch_size=8",
+               "trainer.enable_progress_bar=false", "model.config.hidden_size=32", "model.config.intermediate_size=64",
+               f"hydra.run.dir={run_disk / 'run'}"]
+    full = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                          cwd=run_disk.parent)
+    assert full.returncode != 0, full.stderr[-2000:]
+    assert "DiskError: No space left on device while writing" in full.stderr, full.stderr[-2000:]
+    assert "free space there (or make it writable) and run the same command again" in full.stderr
+    checkpoints = sorted((run_disk / "run" / "checkpoints").rglob("*.ckpt"))
+    assert checkpoints and not list((run_disk / "run").rglob(".*.ckpt.*"))  # no temporary file left behind
+    for path in checkpoints:  # whole: each loads (files this test's own run wrote)
+        assert "state_dict" in torch.load(path, map_location="cpu", weights_only=False), path
+    assert not (run_disk / "run" / "results.json").exists()
+    subprocess.run(["mount", "-o", "remount,size=16m", str(run_disk)], check=True)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                           cwd=run_disk.parent)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming pre-training" in again.stderr + again.stdout
+    assert json.loads((run_disk / "run" / "results.json").read_text())["pretrain"]["steps"] == 6
 
 
 def test_a_full_or_read_only_disk_stops_a_write_with_its_error_and_leaves_the_old_file_whole(small_disk):

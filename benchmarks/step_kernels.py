@@ -1,0 +1,140 @@
+"""Attention kernel and optimiser implementation for one pre-training step, side by side in one run.
+
+Each row times the step ``MaskedPretraining`` takes (the masked-LM head at the labelled positions only,
+``masked_lm_loss``; backward; AdamW) with one combination of
+
+* attention: ``eager`` (the project's default: the meta-learning engines need its double backward) or
+  PyTorch's ``sdpa`` (``scaled_dot_product_attention``);
+* AdamW: PyTorch's default (``foreach``) or ``fused=True``;
+
+on the model shapes of ``sparse_head.py`` (the tiny BERT, vocabularies 867 and 4,000, 32 × 128; a
+MiniLM-L6-shaped BERT, 8 × 128), every combination a copy of the same initial weights. Whether they compute
+the same thing is checked on the same batch in eval mode (no dropout: the kernels draw attention dropout
+differently): the loss of each combination against eager's, and the weights after one AdamW step from the
+same gradients (fused against foreach). Times are medians over ``--repeats`` round-robin rounds after
+``--warmup`` steps, with the CPU time other processes used during the timing.
+
+Run: ``python benchmarks/step_kernels.py [--threads 2] [--repeats 5] [--models tiny-867,minilm] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+import transformers
+from machine import busy_cpu_seconds  # benchmarks/ is on sys.path when a script here runs
+from sparse_head import masked_batch, shapes, sparse_loss, training_step
+from transformers import AutoConfig, AutoModelForMaskedLM
+
+COMBINATIONS = {"eager, AdamW": ("eager", False), "sdpa, AdamW": ("sdpa", False),
+                "eager, fused AdamW": ("eager", True), "sdpa, fused AdamW": ("sdpa", True)}
+BASELINE = "eager, AdamW"
+
+
+def models_for(shape, seed: int) -> dict[str, torch.nn.Module]:
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model("bert", vocab_size=shape.vocab, **shape.config)
+    reference = AutoModelForMaskedLM.from_config(config, attn_implementation="eager")
+    built = {}
+    for name, (attention, _) in COMBINATIONS.items():
+        model = AutoModelForMaskedLM.from_config(config, attn_implementation=attention)
+        model.load_state_dict(reference.state_dict())
+        built[name] = model
+    return built
+
+
+def same_results(models: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Eval-mode loss against eager's, and the weights one step later, fused against foreach AdamW."""
+    checks = {}
+    for name, model in models.items():
+        copied = copy.deepcopy(model).eval()
+        loss = sparse_loss(copied, batch)
+        loss.backward()
+        torch.optim.AdamW(copied.parameters(), lr=1e-3, fused=COMBINATIONS[name][1]).step()
+        checks[name] = {"loss": float(loss.detach()), "weights": [p.detach() for p in copied.parameters()]}
+    base = checks[BASELINE]
+    return {name: {"loss_difference": abs(check["loss"] - base["loss"]),
+                   "largest_weight_difference": max(float((a - b).abs().max())
+                                                    for a, b in zip(check["weights"], base["weights"], strict=True))}
+            for name, check in checks.items()}
+
+
+def time_shape(shape, repeats: int, warmup: int, seed: int = 0) -> dict:
+    models = models_for(shape, seed)
+    batch = masked_batch(shape, torch.Generator().manual_seed(seed))
+    checks = same_results(models, batch)
+    optimizers = {name: torch.optim.AdamW(model.train().parameters(), lr=1e-4, fused=COMBINATIONS[name][1])
+                  for name, model in models.items()}
+    for _ in range(warmup):
+        for name in models:
+            training_step(models[name], optimizers[name], sparse_loss, batch)
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    busy, own, wall = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        for name in models:
+            start = time.perf_counter()
+            training_step(models[name], optimizers[name], sparse_loss, batch)
+            samples[name].append(time.perf_counter() - start)
+    others = None
+    if busy is not None:
+        others = max(0.0, busy_cpu_seconds() - busy - (time.process_time() - own)) / (time.perf_counter() - wall)
+    rows = {}
+    for name, times in samples.items():
+        median = statistics.median(times)
+        q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (median, median, median)
+        rows[name] = {"median_ms": 1e3 * median, "spread": (q3 - q1) / median, **checks[name]}
+    base = rows[BASELINE]["median_ms"]
+    for row in rows.values():
+        row["speedup"] = base / row["median_ms"]
+    return {"model": shape.name, "rows": shape.rows, "length": shape.length, "combinations": rows,
+            "other_processes_cpus": others}
+
+
+def print_table(results: list[dict]) -> None:
+    print("| model | batch | attention, optimiser | ms per step | spread | vs eager, AdamW | loss Δ (eval) | "
+          "weight Δ after a step |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for result in results:
+        for name, row in result["combinations"].items():
+            print(f"| {result['model']} | {result['rows']} × {result['length']} | {name} | {row['median_ms']:.0f} | "
+                  f"{row['spread']:.0%} | {row['speedup']:.2f}× | {row['loss_difference']:.1e} | "
+                  f"{row['largest_weight_difference']:.1e} |")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(shapes()), help=f"comma-separated, from {', '.join(shapes())}")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's own")
+    parser.add_argument("--json", metavar="PATH", help="also write the report to this JSON file")
+    args = parser.parse_args(argv)
+    unknown = set(args.models.split(",")) - set(shapes())
+    if unknown:
+        parser.error(f"unknown --models {sorted(unknown)}; choose from {', '.join(shapes())}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    results = [time_shape(shapes()[name], args.repeats, args.warmup) for name in args.models.split(",")]
+    print(f"one pre-training step (sparse masked-LM head, backward, AdamW), train mode; torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, Python "
+          f"{platform.python_version()}, {os.cpu_count()} CPUs; others' CPUs per model: "
+          + ", ".join(f"{r['other_processes_cpus']:.2f}" if r["other_processes_cpus"] is not None else "—"
+                      for r in results))
+    print_table(results)
+    report = {"threads": torch.get_num_threads(), "repeats": args.repeats, "torch": torch.__version__,
+              "results": results}
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -39,7 +39,8 @@ def test_on_the_cpu_adamw_is_fused_and_updates_as_the_default_one_does_to_float_
             optimizer.step()
             optimizer.zero_grad()
     for a, b, before in zip(fused_model.parameters(), default_model.parameters(), start, strict=True):
-        assert torch.allclose(a, b, atol=1e-6) and not torch.equal(a, before)
+        # float rounding, which Adam's normalisation amplifies on near-zero gradients: ≤ 2.4e-6 here (1-2 threads)
+        assert torch.allclose(a, b, rtol=0, atol=1e-5) and not torch.equal(a, before)
 
 
 def test_parameters_without_a_fused_kernel_get_the_default_adamw(monkeypatch):

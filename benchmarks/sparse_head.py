@@ -36,14 +36,13 @@ import importlib.resources
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import transformers
-from machine import busy_cpu_seconds  # benchmarks/ is on sys.path when a script here runs
+from machine import time_round_robin  # benchmarks/ is on sys.path when a script here runs
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForMaskedLM
@@ -129,21 +128,7 @@ def time_shape(shape: Shape, repeats: int, warmup: int, seed: int = 0) -> dict:
     for _ in range(warmup - 1):
         for way in WAYS:
             step(way)
-    samples: dict[str, list[float]] = {way: [] for way in WAYS}
-    busy, own, wall = busy_cpu_seconds(), time.process_time(), time.perf_counter()
-    for _ in range(repeats):
-        for way in WAYS:
-            start = time.perf_counter()
-            step(way)
-            samples[way].append(time.perf_counter() - start)
-    others = None
-    if busy is not None:
-        others = max(0.0, busy_cpu_seconds() - busy - (time.process_time() - own)) / (time.perf_counter() - wall)
-    ways = {}
-    for way, times in samples.items():
-        median = statistics.median(times)
-        q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (median, median, median)
-        ways[way] = {"median_ms": 1e3 * median, "spread": (q3 - q1) / median, "samples_s": times}
+    ways, others = time_round_robin({way: lambda way=way: step(way) for way in WAYS}, repeats)
     return {
         "model": shape.name, "vocab": shape.vocab, "rows": shape.rows, "length": shape.length,
         "labelled": int((batch["labels"] != -100).sum()), "parameters": sum(p.numel() for p in model.parameters()),

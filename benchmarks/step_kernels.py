@@ -24,12 +24,10 @@ import copy
 import json
 import os
 import platform
-import statistics
-import time
 
 import torch
 import transformers
-from machine import busy_cpu_seconds  # benchmarks/ is on sys.path when a script here runs
+from machine import time_round_robin  # benchmarks/ is on sys.path when a script here runs
 from sparse_head import masked_batch, shapes, sparse_loss, training_step
 from transformers import AutoConfig, AutoModelForMaskedLM
 
@@ -75,21 +73,10 @@ def time_shape(shape, repeats: int, warmup: int, seed: int = 0) -> dict:
     for _ in range(warmup):
         for name in models:
             training_step(models[name], optimizers[name], sparse_loss, batch)
-    samples: dict[str, list[float]] = {name: [] for name in models}
-    busy, own, wall = busy_cpu_seconds(), time.process_time(), time.perf_counter()
-    for _ in range(repeats):
-        for name in models:
-            start = time.perf_counter()
-            training_step(models[name], optimizers[name], sparse_loss, batch)
-            samples[name].append(time.perf_counter() - start)
-    others = None
-    if busy is not None:
-        others = max(0.0, busy_cpu_seconds() - busy - (time.process_time() - own)) / (time.perf_counter() - wall)
-    rows = {}
-    for name, times in samples.items():
-        median = statistics.median(times)
-        q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (median, median, median)
-        rows[name] = {"median_ms": 1e3 * median, "spread": (q3 - q1) / median, **checks[name]}
+    steps = {name: lambda name=name: training_step(models[name], optimizers[name], sparse_loss, batch)
+             for name in models}
+    timed, others = time_round_robin(steps, repeats)
+    rows = {name: {**row, **checks[name]} for name, row in timed.items()}
     base = rows[BASELINE]["median_ms"]
     for row in rows.values():
         row["speedup"] = base / row["median_ms"]

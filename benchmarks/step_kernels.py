@@ -19,7 +19,6 @@ Run: ``python benchmarks/step_kernels.py [--threads 2] [--repeats 5] [--models t
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -28,7 +27,7 @@ import platform
 import torch
 import transformers
 from machine import time_round_robin  # benchmarks/ is on sys.path when a script here runs
-from sparse_head import masked_batch, shapes, sparse_loss, training_step
+from sparse_head import masked_batch, parse_args, shapes, sparse_loss, training_step
 from transformers import AutoConfig, AutoModelForMaskedLM
 
 COMBINATIONS = {"eager, AdamW": ("eager", False), "sdpa, AdamW": ("sdpa", False),
@@ -96,16 +95,7 @@ def print_table(results: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default=",".join(shapes()), help=f"comma-separated, from {', '.join(shapes())}")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's own")
-    parser.add_argument("--json", metavar="PATH", help="also write the report to this JSON file")
-    args = parser.parse_args(argv)
-    unknown = set(args.models.split(",")) - set(shapes())
-    if unknown:
-        parser.error(f"unknown --models {sorted(unknown)}; choose from {', '.join(shapes())}")
+    args = parse_args(argv)  # sparse_head's options: --models, --repeats, --warmup, --threads, --json
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     results = [time_shape(shapes()[name], args.repeats, args.warmup) for name in args.models.split(",")]

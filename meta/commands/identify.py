@@ -25,7 +25,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from maskpolicy.meta.config import ConfigError, build, modern_overrides, plain
-from maskpolicy.meta.identifiability.cell import Settings, measure_cell, summarise
+from maskpolicy.meta.cores import process_count
+from maskpolicy.meta.identifiability.cell import Settings, measure_cells, summarise
 from maskpolicy.meta.identifiability.claims import SEARCHED, STARTS, STATIONARY
 from maskpolicy.meta.identifiability.plots import recovery_figure
 from maskpolicy.meta.identifiability.recovery import IDENTIFIED
@@ -53,14 +54,17 @@ def run_identify(cfg: DictConfig, output_dir: Path) -> IdentifyResults:
     tasks = {name: _check_length(build(node, f"identify task {name}", name=name), name, options.length)
              for name, node in _selected(options.tasks, options.only_tasks, "tasks").items()}
     settings = Settings(**{key: options[key] for key in SETTINGS}, seed=cfg.seed)
-    cells = [measure_cell(name, model, task, settings, start, seed) for start in options.starts
-             for (name, seed), model in models.items() for task in tasks.values()]
+    jobs = [(name, model, task, start, seed) for start in options.starts
+            for (name, seed), model in models.items() for task in tasks.values()]
+    processes = process_count(options.workers, "identify.workers")
+    cells = measure_cells(jobs, settings, processes)
     results = IdentifyResults(
         models={name: Named(name, plain(node)) for name, node in model_nodes.items()},
         conditions={_key(name, seed): model.conditions() for (name, seed), model in models.items()},
         tasks={name: task.label for name, task in tasks.items()}, data=options.data, restarts=options.restarts,
         loss_tolerance=options.loss_tolerance, recovery_tolerance=options.recovery_tolerance,
-        training={key: options[key] for key in ("adam_steps", "lr", "lbfgs_iterations", "n_samples")},
+        training={**{key: options[key] for key in ("adam_steps", "lr", "lbfgs_iterations", "n_samples")},
+                  "processes": min(processes, len(jobs))},
         cells=cells, seed=cfg.seed, wall_seconds=round(time.perf_counter() - started, 2),
         seeds=list(options.seeds), starts=list(options.starts), length=options.length,
         heldout_rows=options.heldout_rows, summary=summarise(cells), paper_search=SEARCHED)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from maskpolicy.meta.config import modern_overrides, plain, register_plugin_policies
 from maskpolicy.meta.console import quiet_libraries
+from maskpolicy.meta.cores import share_cores
 from maskpolicy.meta.pipeline import RunNames
 from maskpolicy.meta.results.files import write_json
 from maskpolicy.meta.search.final import rate_curves, run_finals, save_best_policy
@@ -33,7 +34,7 @@ from maskpolicy.meta.search.leaderboard import (
     write_leaderboard,
 )
 from maskpolicy.meta.search.objectives import downstream_axis
-from maskpolicy.meta.search.study import FINISHED, Search, optimize, prepare, share_cores, start_workers
+from maskpolicy.meta.search.study import FINISHED, Search, optimize, prepare, start_workers
 
 log = logging.getLogger(__name__)
 

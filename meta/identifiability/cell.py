@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import statistics
 import time
 from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import torch
@@ -97,11 +100,45 @@ def measure_cell(model_name: str, model: HMM, task: MaskedPredictionTask, settin
         paper_basis=None if claim is None else claim.basis,
         paper_verified=None if claim is None else claim.verified,
         heldout_excess_max=max(heldout_at_optimum) if heldout_at_optimum else None)
-    log.info("%s HMM (seed %s, %s start), task %s (%s): %s — %d/%d restarts at the optimum, recovery error %s%s",
-             model_name, model_seed, start, task.name, task.label, cell_verdict, cell.reached, settings.restarts,
-             "n/a" if not at_optimum else f"{cell.error_mean:.2e} ± {cell.error_std:.2e} (max {cell.error_max:.2e})",
-             "" if agrees is None else f"; {'agrees' if agrees else 'DISAGREES'} with the paper")
     return cell
+
+
+def log_cell(cell: IdentifyCell) -> None:
+    """One line for a measured cell: its verdict, how many restarts reached the optimum, their recovery error."""
+    errors = "n/a" if cell.error_mean is None else (
+        f"{cell.error_mean:.2e} ± {cell.error_std:.2e} (max {cell.error_max:.2e})")
+    paper = "" if cell.agrees_with_paper is None else (
+        f"; {'agrees' if cell.agrees_with_paper else 'DISAGREES'} with the paper")
+    log.info("%s HMM (seed %s, %s start), task %s (%s): %s — %d/%d restarts at the optimum, recovery error %s%s",
+             cell.model, cell.seed, cell.start, cell.task, cell.patterns, cell.verdict, cell.reached,
+             len(cell.restarts), errors, paper)
+
+
+Cell = tuple[str, HMM, MaskedPredictionTask, str, int | None]   # model name, model, task, start, model seed
+
+
+def measure_cells(cells: Sequence[Cell], settings: Settings, processes: int = 1) -> list[IdentifyCell]:
+    """Every cell, in order, ``processes`` at a time (one torch thread each; 1: in this process), a line for each
+    as it ends.
+
+    Each cell seeds its own data and starts, so running them side by side changes only thread counts (and with
+    them float rounding), not what is computed.
+    """
+    if processes <= 1 or len(cells) <= 1:
+        measured = []
+        for name, model, task, start, seed in cells:
+            measured.append(measure_cell(name, model, task, settings, start, seed))
+            log_cell(measured[-1])
+        return measured
+    with ProcessPoolExecutor(min(processes, len(cells)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = {pool.submit(measure_cell, name, model, task, settings, start, seed): index
+                   for index, (name, model, task, start, seed) in enumerate(cells)}
+        done: dict[int, IdentifyCell] = {}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()  # re-raises a cell's error here
+            log_cell(done[futures[future]])
+    return [done[index] for index in range(len(cells))]
 
 
 def _heldout_excess(model: HMM, task: MaskedPredictionTask, settings: Settings, predictor) -> list[float | None]:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskpolicy.meta.config import build_policy
 from maskpolicy.meta.console import run_log
+from maskpolicy.meta.cores import share_cores
 from maskpolicy.meta.learning.artifacts import read_card, save_policy
 from maskpolicy.meta.learning.policy_state import policy_parts
 from maskpolicy.meta.pipeline import RunNames
@@ -27,7 +28,7 @@ from maskpolicy.meta.results import schema
 from maskpolicy.meta.results.files import write_text
 from maskpolicy.meta.results.schema import PretrainResults
 from maskpolicy.meta.search.progress import FinalProgress
-from maskpolicy.meta.search.study import Search, best_per_family, share_cores
+from maskpolicy.meta.search.study import Search, best_per_family
 from maskpolicy.meta.search.trial import ARTIFACT_LOADER, run_configuration
 from maskpolicy.policies import FitsCorpus
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
@@ -348,16 +347,6 @@ def best_per_family(study: optuna.Study, objective: Objective) -> dict[str, Froz
         if family not in best or objective.sign * trial.values[0] > objective.sign * best[family].values[0]:
             best[family] = trial
     return best
-
-
-def share_cores(processes: int) -> int:
-    """Torch threads per process so ``processes`` processes do not oversubscribe the machine's cores.
-
-    Two processes with a thread per core each thrash a small machine (measured 5–10× slower).
-    """
-    threads = max(1, (os.cpu_count() or 1) // processes)
-    torch.set_num_threads(threads)
-    return threads
 
 
 def start_workers(count: int, overrides: Sequence[str], output_dir: Path, storage: str,

@@ -48,8 +48,9 @@ from maskpolicy.tasks.tractable.masked_hmm import (
 
 PAIRWISE = MaskedPredictionTask([{"visible": [0], "predicted": [1]}])
 TWO_FROM_ONE = MaskedPredictionTask([{"visible": [0], "predicted": [1, 2]}])
-QUICK = ["identify.restarts=3", "identify.adam_steps=50", "identify.lbfgs_iterations=40", "identify.n_samples=100",
-         "identify.heldout_rows=200", "identify.seeds=[0]", "identify.only_tasks=[pairwise]", "identify.plot=false"]
+QUICK = ["identify.workers=1", "identify.restarts=3", "identify.adam_steps=50", "identify.lbfgs_iterations=40",
+         "identify.n_samples=100", "identify.heldout_rows=200", "identify.seeds=[0]", "identify.only_tasks=[pairwise]",
+         "identify.plot=false"]
 
 
 def config(*overrides: str):
@@ -224,11 +225,31 @@ def test_a_run_is_deterministic_and_its_results_round_trip(tmp_path):
     second = run_identify(config(*quicker), tmp_path / "b")
     strip = [{**cell.__dict__, "seconds": 0} for cell in first.cells]
     assert strip == [{**cell.__dict__, "seconds": 0} for cell in second.cells]
+    assert first.training["processes"] == 1
     assert [(cell.model, cell.task) for cell in first.cells] == [("discrete", "pairwise"), ("gaussian", "pairwise")]
     loaded = load(tmp_path / "a", IdentifyResults)
     assert loaded.cells == first.cells and loaded.conditions["discrete:0"]["K <= V"] is True
     assert loaded.summary == first.summary and loaded.seeds == [0] and loaded.starts == ["stationary"]
     assert json.loads((tmp_path / "a/results.json").read_text())["schema"]["command"] == "identify"
+
+
+def test_cells_measured_side_by_side_match_those_measured_in_turn(tmp_path, caplog):
+    quicker = [*QUICK, "identify.restarts=2", "identify.lbfgs_iterations=5"]
+    in_turn = run_identify(config(*quicker), tmp_path / "a")
+    with caplog.at_level("INFO"):
+        side_by_side = run_identify(config(*quicker, "identify.workers=2"), tmp_path / "b")
+    assert side_by_side.training["processes"] == 2
+    assert [(c.model, c.task, c.verdict, c.reached) for c in side_by_side.cells] == [
+        (c.model, c.task, c.verdict, c.reached) for c in in_turn.cells]
+    for a, b in zip(in_turn.cells, side_by_side.cells, strict=True):  # one thread each: rounding may differ
+        assert [r.loss for r in b.restarts] == pytest.approx([r.loss for r in a.restarts], rel=1e-9, abs=1e-12)
+    assert caplog.text.count("restarts at the optimum") == 2   # each cell's line, logged by this process
+
+
+@pytest.mark.parametrize("workers", [0, -1, "two", True])
+def test_a_bad_worker_count_is_refused_by_name(tmp_path, workers):
+    with pytest.raises(ConfigError, match="identify.workers must be a positive number of processes or 'auto'"):
+        run_identify(config(*QUICK, f"identify.workers={workers}"), tmp_path)
 
 
 @pytest.mark.slow

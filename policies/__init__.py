@@ -6,7 +6,7 @@ from .corruption import IGNORE_INDEX, Seq2SeqBatch, mlm_corrupt, sentinel_corrup
 from .entity import EntityPolicy
 from .features import DEFAULT_FEATURES, FEATURE_SIZES, FEATURES, PORTABLE_FEATURES
 from .informative import InformativePolicy
-from .learned import LearnedPolicy, TokenScorer
+from .learned import LearnedPolicy, ScorerEnsemble, TokenScorer
 from .mixture import MixturePolicy
 from .pmi import PMIPolicy
 from .registry import ENTRY_POINT_GROUP, available, build, resolve
@@ -38,6 +38,7 @@ __all__ = [
     "Seq2SeqBatch",
     "SpanPolicy",
     "TokenBatch",
+    "ScorerEnsemble",
     "TokenScorer",
     "WholeWordPolicy",
     "available",

@@ -6,7 +6,8 @@ sentence, entity tag, corpus frequency, subword place) and, with a ``context``
 (``TokenBatch.states``, computed once per document at encoding time) — never token ids, so a
 policy trained with one tokenizer or task can mask text of another. Masks take each row's
 budget, round(rate · n) tokens, by the scores: Gumbel top-k (sampling without
-replacement, proportional to softmax(logit / temperature)) or plain top-k.
+replacement, proportional to softmax(logit / temperature)) or plain top-k. With ``members`` > 1 the
+scores are the mean logit of a seed ensemble (:class:`ScorerEnsemble`), each scorer trained on its own loss.
 """
 
 from __future__ import annotations
@@ -68,6 +69,53 @@ class TokenScorer(nn.Module):
         hidden, _ = nn.utils.rnn.pad_packed_sequence(hidden, batch_first=True, total_length=features.shape[1])
         return self.head(hidden).squeeze(-1)
 
+    def member_logits(self, features: Tensor, states: Tensor | None = None) -> Tensor:
+        """The logits as a one-member ensemble's, ``Float[1, B, L]``."""
+        return self(features, states)[None]
+
+    @property
+    def members(self) -> tuple[TokenScorer, ...]:
+        return (self,)
+
+
+class ScorerEnsemble(nn.Module):
+    """The mean logit of several :class:`TokenScorer` of the same features and context (a seed ensemble).
+
+    Each member is trained on its own loss (:meth:`member_logits`), so the members are independent models
+    that saw the same batches; their mean ranks tokens with less of any one seed's noise.
+    """
+
+    def __init__(self, members: Sequence[TokenScorer]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise PolicyError(f"a scorer ensemble needs at least 2 members, got {len(members)}")
+        first = members[0]
+        if any(m.features != first.features or m.context_dim != first.context_dim for m in members):
+            raise PolicyError("the members of a scorer ensemble must read the same features and contextual states")
+        self.scorers = nn.ModuleList(members)
+
+    @property
+    def members(self) -> tuple[TokenScorer, ...]:
+        return tuple(self.scorers)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.scorers[0].features
+
+    @property
+    def context_dim(self) -> int:
+        return self.scorers[0].context_dim
+
+    def member_logits(self, features: Tensor, states: Tensor | None = None) -> Tensor:
+        """Every member's logits, ``Float[M, B, L]``."""
+        return torch.stack([member(features, states) for member in self.scorers])
+
+    def forward(self, features: Tensor, states: Tensor | None = None) -> Tensor:
+        return self.member_logits(features, states).mean(0)
+
+
+Scorer = TokenScorer | ScorerEnsemble
+
 
 class LearnedPolicy:
     """Masks the tokens a trained :class:`TokenScorer` rates highest.
@@ -87,6 +135,8 @@ class LearnedPolicy:
             fields; ``None``: word features only). Batches must then carry ``states`` of ``context.dim``
             channels, from the encoder the policy was trained with.
         context_dropout: dropout on the states while training.
+        members: scorers in the seed ensemble (1: one scorer); masks follow their mean logit. Drawn in turn from
+            ``seed``, so the first member is the one-scorer policy's scorer.
     """
 
     def __init__(
@@ -98,9 +148,10 @@ class LearnedPolicy:
         sampling: Sampling = "gumbel",
         temperature: float = 0.3,
         seed: int = 0,
-        scorer: TokenScorer | None = None,
+        scorer: Scorer | None = None,
         context: ContextSpec | Mapping[str, Any] | None = None,
         context_dropout: float = 0.1,
+        members: int = 1,
     ) -> None:
         self.rate = check_rate(rate)
         self.context = ContextSpec.of(context)
@@ -110,12 +161,15 @@ class LearnedPolicy:
             raise PolicyError(f"learned policy sampling must be 'gumbel' or 'topk', got {sampling!r}")
         if not temperature > 0:
             raise PolicyError(f"learned policy temperature must be > 0, got {temperature}")
+        if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+            raise PolicyError(f"learned policy members must be a positive number of scorers, got {members!r}")
         self.sampling, self.temperature = sampling, float(temperature)
         if scorer is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                scorer = TokenScorer(features, embedding_dim, hidden_size, self.context.dim if self.context else 0,
-                                     float(context_dropout))
+                scorers = [TokenScorer(features, embedding_dim, hidden_size, self.context.dim if self.context else 0,
+                                       float(context_dropout)) for _ in range(members)]
+            scorer = scorers[0] if members == 1 else ScorerEnsemble(scorers)
         expected = self.context.dim if self.context else 0
         if scorer.context_dim != expected:
             raise PolicyError(f"the scorer reads {scorer.context_dim} contextual channels but the policy's context "
@@ -127,15 +181,27 @@ class LearnedPolicy:
     def features(self) -> tuple[str, ...]:
         return self.scorer.features
 
+    @property
+    def members(self) -> int:
+        return len(self.scorer.members)
+
     def logits(self, batch: TokenBatch) -> Tensor:
         """Differentiable masking logits ``Float[B, L]``; ``-inf`` where a token is not maskable."""
         self.scorer.to(batch.input_ids.device)
         scores = self.scorer(self._channels(batch), self._states(batch))
         return scores.masked_fill(~batch.maskable, float("-inf"))
 
+    def member_logits(self, batch: TokenBatch) -> Tensor:
+        """Each ensemble member's differentiable logits ``Float[M, B, L]`` (``M`` = 1 for one scorer), ``-inf``
+        where a token is not maskable: what each member is trained on."""
+        self.scorer.to(batch.input_ids.device)
+        scores = self.scorer.member_logits(self._channels(batch), self._states(batch))
+        return scores.masked_fill(~batch.maskable, float("-inf"))
+
     @property
     def context_dropout(self) -> float:
-        return float(self.scorer.context[1].p) if self.scorer.context_dim else 0.1
+        first = self.scorer.members[0]
+        return float(first.context[1].p) if first.context_dim else 0.1
 
     def _states(self, batch: TokenBatch) -> Tensor | None:
         """The batch's contextual states, checked against the policy's context; None for a policy without one."""

@@ -69,12 +69,14 @@ def registry_name(policy: MaskingPolicy) -> str:
 
 def learned_params(policy: Any) -> dict[str, Any]:
     """The constructor arguments that rebuild a learned policy around its weights (its sizes are its scorer's)."""
-    encoder = policy.scorer.encoder
+    encoder = policy.scorer.members[0].encoder
     params = {"rate": policy.rate, "features": list(policy.features), "embedding_dim": encoder.input_size,
               "hidden_size": encoder.hidden_size, "sampling": policy.sampling, "temperature": policy.temperature}
     context = getattr(policy, "context", None)
     if context is not None:  # a policy without one keeps the card of earlier versions
         params.update(context=context.as_dict(), context_dropout=policy.context_dropout)
+    if policy.members > 1:  # likewise a single scorer
+        params["members"] = policy.members
     return params
 
 

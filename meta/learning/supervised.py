@@ -109,7 +109,8 @@ def train_supervised(
     loss: str = "bce",
     seed: int = 0,
 ) -> list[float]:
-    """Fits the policy's scorer to the answer labels; returns the mean loss of every epoch."""
+    """Fits the policy's scorer (each member of an ensemble) to the answer labels; returns the mean loss of every
+    epoch (per member)."""
     if loss not in LOSSES:
         raise ValueError(f"learning.supervised.loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     generator = torch.Generator().manual_seed(seed)
@@ -122,11 +123,12 @@ def train_supervised(
         for start in range(0, len(order), batch_size):
             padded, labels = data.batch(order[start:start + batch_size], pad_token_id)
             batch = token_batch(padded)
-            value = supervised_loss(policy.logits(batch), labels, batch.maskable, loss)
+            # an ensemble's members each learn from their own loss: independent scorers, the same batches
+            value = sum(supervised_loss(logits, labels, batch.maskable, loss) for logits in policy.member_logits(batch))
             optimizer.zero_grad()
             value.backward()
             optimizer.step()
-            epoch.append(value.item())
+            epoch.append(value.item() / policy.members)
         losses.append(sum(epoch) / len(epoch))
     policy.scorer.eval()
     return losses

@@ -76,6 +76,14 @@ def test_a_saved_policy_loads_with_identical_scores_and_its_source(saved):
         "temperature": 0.3}}
 
 
+def test_a_saved_ensemble_loads_with_its_members_and_identical_scores(tmp_path):
+    policy = LearnedPolicy(rate=0.3, features=PORTABLE_FEATURES, hidden_size=8, embedding_dim=8, seed=7, members=3)
+    loaded = load_policy(save_policy(policy, tmp_path / "policy", TRAINING))
+    assert loaded.members == 3 and read_card(tmp_path / "policy")["policy"]["params"]["members"] == 3
+    with torch.no_grad():
+        assert torch.equal(policy.logits(batch()), loaded.logits(batch()))
+
+
 def test_overrides_replace_saved_settings(saved):
     _, path = saved
     loaded = load_policy(path, rate=0.5, sampling="topk")

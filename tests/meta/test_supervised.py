@@ -71,6 +71,18 @@ def test_supervision_beats_entity_and_random_masking_on_held_out_answers(world, 
     assert scores.learned.masked_tokens == scores.random.masked_tokens  # the same budget
 
 
+def test_each_ensemble_member_trains_as_it_would_alone(world, tokenizer):
+    train = encode_answers(world, "train", tokenizer, 128, feature_spec(world, PORTABLE_FEATURES))
+    alone = LearnedPolicy(features=PORTABLE_FEATURES, seed=0)
+    ensemble = LearnedPolicy(features=PORTABLE_FEATURES, seed=0, members=2)
+    alone_losses = train_supervised(alone, train, tokenizer.pad_token_id, epochs=2, seed=0)
+    ensemble_losses = train_supervised(ensemble, train, tokenizer.pad_token_id, epochs=2, seed=0)
+    first = ensemble.scorer.members[0].state_dict()   # its own loss, the same batches, no dropout without states
+    for key, value in alone.scorer.state_dict().items():
+        torch.testing.assert_close(first[key], value, rtol=1e-5, atol=1e-6)
+    assert ensemble_losses[0] != pytest.approx(alone_losses[0])   # the mean over members, the second one differs
+
+
 def test_the_listwise_loss_is_the_mean_over_answered_rows_of_the_answers_softmax_cross_entropy():
     logits = torch.tensor([[0.0, math.log(3), 0.0, 5.0], [1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]])
     labels = torch.tensor([[False, True, False, False], [False, False, False, False], [True, True, False, False]])

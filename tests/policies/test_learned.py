@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskpolicy.policies import FEATURES, PORTABLE_FEATURES, LearnedPolicy, PolicyError, TokenBatch
+from maskpolicy.policies import (
+    FEATURES,
+    PORTABLE_FEATURES,
+    LearnedPolicy,
+    PolicyError,
+    ScorerEnsemble,
+    TokenBatch,
+    TokenScorer,
+)
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -96,8 +104,33 @@ def test_missing_features_name_the_fix(big_batch):
     ("knobs", "message"),
     [({"sampling": "softmax"}, "sampling must be 'gumbel' or 'topk'"), ({"temperature": 0}, "temperature must be > 0"),
      ({"features": ["word", "colour"]}, "unknown: colour"), ({"features": []}, "features must be distinct names"),
-     ({"rate": 0}, "masking rate must be in")],
+     ({"rate": 0}, "masking rate must be in"), ({"members": 0}, "members must be a positive number of scorers"),
+     ({"members": True}, "members must be a positive number")],
 )
 def test_bad_settings_are_refused(knobs, message):
     with pytest.raises(PolicyError, match=message):
         LearnedPolicy(**knobs)
+
+
+def test_an_ensemble_masks_by_its_members_mean_logit_and_its_first_member_is_the_single_scorer(big_batch):
+    single = LearnedPolicy(features=PORTABLE_FEATURES, seed=3)
+    ensemble = LearnedPolicy(features=PORTABLE_FEATURES, seed=3, members=3)
+    assert isinstance(ensemble.scorer, ScorerEnsemble) and ensemble.members == 3 and single.members == 1
+    first = ensemble.scorer.members[0].state_dict()
+    assert all(torch.equal(value, first[key]) for key, value in single.scorer.state_dict().items())
+    with torch.no_grad():
+        each = ensemble.member_logits(big_batch)
+        assert each.shape == (3, *big_batch.maskable.shape)
+        assert torch.equal(each[0], single.logits(big_batch))
+        assert torch.allclose(ensemble.logits(big_batch)[big_batch.maskable], each.mean(0)[big_batch.maskable])
+        assert not torch.equal(each[1], each[0])   # members start apart
+    assert single.member_logits(big_batch).shape == (1, *big_batch.maskable.shape)
+    greedy = LearnedPolicy(sampling="topk", scorer=ensemble.scorer)
+    assert greedy.members == 3 and greedy.features == PORTABLE_FEATURES
+
+
+def test_an_ensemble_refuses_members_that_read_different_inputs():
+    with pytest.raises(PolicyError, match="at least 2 members"):
+        ScorerEnsemble([TokenScorer(PORTABLE_FEATURES)])
+    with pytest.raises(PolicyError, match="same features and contextual states"):
+        ScorerEnsemble([TokenScorer(PORTABLE_FEATURES), TokenScorer(PORTABLE_FEATURES[:2])])

@@ -259,7 +259,8 @@ def policy_configs() -> dict[str, list[tuple[str, dict]]]:
         "whole_word": [("whole_word", {"rate": RATE})],
         "span": [("span (p=0.2, max 10 tokens)", {"rate": RATE})],
         "entity": [("entity (shortfall=top_up)", {"rate": RATE, "shortfall": "top_up"})],
-        "learned": [("learned (defaults: BiLSTM, Gumbel T=0.3)", {"rate": RATE})],
+        "learned": [("learned (defaults: BiLSTM, Gumbel T=0.3)", {"rate": RATE}),
+                    ("learned, 5-member seed ensemble (members=5)", {"rate": RATE, "members": 5})],
         "pmi": [("pmi (n ≤ 5, min count 5, top 2000 per order)", {"rate": RATE})],
         "informative": [("informative (window 10, Gumbel T=0.5)", {"rate": RATE})],
         "mixture": [("mixture (50% entity, 50% random)", {

@@ -255,27 +255,38 @@ def run_disk(tmp_path):
     yield from mounted_tmpfs(tmp_path / "disk", "1m")
 
 
+def tiny_run(folder, steps: int = 6) -> list[str]:
+    """``maskpolicy-pretrain`` of a tiny model on a tiny world, its run directory under ``folder``."""
+    import sys
+
+    return [sys.executable, "-m", "maskpolicy.meta.commands.pretrain", "task.n_people=40",
+            "task.biographies_per_person=2", f"pretrain.steps={steps}", "pretrain.batch_size=8",
+            "pretrain.checkpoint_every=3", "finetune.epochs=2", "finetune.batch_size=8",
+            "trainer.enable_progress_bar=false", "model.config.hidden_size=32", "model.config.intermediate_size=64",
+            f"hydra.run.dir={folder / 'run'}"]
+
+
+def assert_whole_checkpoints(run) -> None:
+    """Every checkpoint left loads (files this test's own run wrote) and no temporary file is left beside them."""
+    import torch
+
+    checkpoints = sorted((run / "checkpoints").rglob("*.ckpt"))
+    assert checkpoints and not list(run.rglob(".*.ckpt.*"))
+    for path in checkpoints:
+        assert "state_dict" in torch.load(path, map_location="cpu", weights_only=False), path
+
+
 @pytest.mark.slow
 def test_a_run_whose_disk_fills_stops_naming_the_fix_leaves_whole_files_and_resumes_when_there_is_room(run_disk):
     import subprocess
-    import sys
 
-    import torch
-
-    command = [sys.executable, "-m", "maskpolicy.meta.commands.pretrain", "task.n_people=40",
-               "task.biographies_per_person=2", "pretrain.steps=6", "pretrain.batch_size=8",
-               "pretrain.checkpoint_every=3", "finetune.epochs=2", "finetune.batch_size=8",
-               "trainer.enable_progress_bar=false", "model.config.hidden_size=32", "model.config.intermediate_size=64",
-               f"hydra.run.dir={run_disk / 'run'}"]
+    command = tiny_run(run_disk)
     full = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
                           cwd=run_disk.parent)
     assert full.returncode != 0, full.stderr[-2000:]
     assert "DiskError: No space left on device while writing" in full.stderr, full.stderr[-2000:]
     assert "free space there (or make it writable) and run the same command again" in full.stderr
-    checkpoints = sorted((run_disk / "run" / "checkpoints").rglob("*.ckpt"))
-    assert checkpoints and not list((run_disk / "run").rglob(".*.ckpt.*"))  # no temporary file left behind
-    for path in checkpoints:  # whole: each loads (files this test's own run wrote)
-        assert "state_dict" in torch.load(path, map_location="cpu", weights_only=False), path
+    assert_whole_checkpoints(run_disk / "run")
     assert not (run_disk / "run" / "results.json").exists()
     subprocess.run(["mount", "-o", "remount,size=16m", str(run_disk)], check=True)
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
@@ -283,6 +294,42 @@ def test_a_run_whose_disk_fills_stops_naming_the_fix_leaves_whole_files_and_resu
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming pre-training" in again.stderr + again.stdout
     assert json.loads((run_disk / "run" / "results.json").read_text())["pretrain"]["steps"] == 6
+
+
+@pytest.fixture
+def roomy_disk(tmp_path):
+    """A 16 MiB tmpfs: room for a whole tiny run."""
+    yield from mounted_tmpfs(tmp_path / "disk", "16m")
+
+
+@pytest.mark.slow
+def test_a_disk_made_read_only_mid_run_stops_it_naming_the_fix_and_the_run_resumes_once_writable(roomy_disk, tmp_path):
+    import subprocess
+    import time
+
+    # the job log lives elsewhere: a file held open for writing would keep the disk from turning read-only
+    command = [*tiny_run(roomy_disk, steps=60), f"hydra.job_logging.handlers.file.filename={tmp_path / 'job.log'}"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           stdin=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while not list((roomy_disk / "run" / "checkpoints").rglob("*.ckpt")) and run.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.05)
+    while subprocess.run(["mount", "-o", "remount,ro", str(roomy_disk)], capture_output=True).returncode != 0:
+        assert run.poll() is None, "the run ended before its disk could be made read-only"
+        time.sleep(0.05)   # busy: a file was open for writing at that instant
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode != 0, stderr[-2000:]
+    assert "DiskError: Read-only file system while writing" in stderr, stderr[-2000:]
+    assert "(or make it writable) and run the same command again" in stderr
+    assert_whole_checkpoints(roomy_disk / "run")
+    assert not (roomy_disk / "run" / "results.json").exists()
+    subprocess.run(["mount", "-o", "remount,rw", str(roomy_disk)], check=True)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                           cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming pre-training" in again.stderr + again.stdout
+    assert json.loads((roomy_disk / "run" / "results.json").read_text())["pretrain"]["steps"] == 60
 
 
 def test_a_full_or_read_only_disk_stops_a_write_with_its_error_and_leaves_the_old_file_whole(small_disk):

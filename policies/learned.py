@@ -186,10 +186,9 @@ class LearnedPolicy:
         return len(self.scorer.members)
 
     def logits(self, batch: TokenBatch) -> Tensor:
-        """Differentiable masking logits ``Float[B, L]``; ``-inf`` where a token is not maskable."""
-        self.scorer.to(batch.input_ids.device)
-        scores = self.scorer(self._channels(batch), self._states(batch))
-        return scores.masked_fill(~batch.maskable, float("-inf"))
+        """Differentiable masking logits ``Float[B, L]`` (an ensemble's: its members' mean); ``-inf`` where a token
+        is not maskable."""
+        return self.member_logits(batch).mean(0)
 
     def member_logits(self, batch: TokenBatch) -> Tensor:
         """Each ensemble member's differentiable logits ``Float[M, B, L]`` (``M`` = 1 for one scorer), ``-inf``

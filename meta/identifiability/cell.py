@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from maskpolicy.meta.cores import share_cores
 from maskpolicy.meta.identifiability.claims import (
     STATIONARY,
     UNNUMBERED,
@@ -118,8 +119,10 @@ Cell = tuple[str, HMM, MaskedPredictionTask, str, int | None]   # model name, mo
 
 
 def measure_cells(cells: Sequence[Cell], settings: Settings, processes: int = 1) -> list[IdentifyCell]:
-    """Every cell, in order, ``processes`` at a time (one torch thread each; 1: in this process), a line for each
-    as it ends.
+    """Every cell, in order, ``processes`` at a time (1: in this process), a line for each as it ends.
+
+    The processes share the cores (:func:`~maskpolicy.meta.cores.share_cores`: one torch thread each on a machine
+    with as many cores as processes).
 
     Each cell seeds its own data and starts, so running them side by side changes only thread counts (and with
     them float rounding), not what is computed.
@@ -130,8 +133,9 @@ def measure_cells(cells: Sequence[Cell], settings: Settings, processes: int = 1)
             measured.append(measure_cell(name, model, task, settings, start, seed))
             log_cell(measured[-1])
         return measured
-    with ProcessPoolExecutor(min(processes, len(cells)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    workers = min(processes, len(cells))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=share_cores,
+                             initargs=(workers,)) as pool:
         futures = {pool.submit(measure_cell, name, model, task, settings, start, seed): index
                    for index, (name, model, task, start, seed) in enumerate(cells)}
         done: dict[int, IdentifyCell] = {}

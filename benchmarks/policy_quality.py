@@ -10,11 +10,12 @@ recogniser, when ``make real`` has installed spaCy and its model), ``pmi`` and `
 (tables from the held-out article's own text), ``whole_word``, ``span``, ``random``. Each tagger's
 cost is timed on every paragraph of the files, in the same run (seconds per 1,000 words).
 
-``learned_states`` (and ``learned_states_topk``) is the same policy reading, besides its word features,
-the contextual states of a frozen encoder (``--states``: MiniLM-L6's last and third-last layers, pooled
-over each word, by default when ``make real`` installed it; ``--states none`` leaves it out), trained in the same run on
-the same answers, with ``--states-learn`` on top (default: the per-token cross-entropy loss and a seed ensemble of
-5 scorers, which won with the states). Its ratio to ``entity`` per fold is printed against the 1.3× target. ``--unseen``
+``learned_states`` (and ``learned_states_topk``) is ``policy=learned_states``: the learned policy reading, besides
+its word features, the contextual states of a frozen encoder (by default the preset's, MiniLM-L6's last and third-last
+layers pooled over each word, when ``make real`` installed it; ``--states`` picks others, ``--states none`` leaves it
+out), a seed ensemble of 5 trained by ``maskpolicy-learn``'s defaults (per-token cross-entropy with states) in the
+same run on the same answers, with ``--states-learn`` overrides on top. Its ratio to ``entity`` per fold is printed
+against the 1.3× target. ``--unseen``
 files (by default any other ``*.json`` next to the shared sample) are judged by policies trained on
 every article of ``--files``: articles that neither the policies nor their settings ever saw.
 
@@ -46,6 +47,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from maskpolicy.meta.config import build
 from maskpolicy.meta.context import CachedStates, frozen_encoder, source_stats, state_source
@@ -74,10 +76,7 @@ from maskpolicy.tasks.text.encoding import token_batch
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-sample"
 SAMPLE_FILES = ("dev-sample.json", "dev-v2-three-articles.json")
 RATE = 0.15
-DEFAULT_STATES = "minilm:-1,-3:word"
-# how learned_states is trained, besides the maskpolicy-learn defaults (measured, docs/learned.md): with the states,
-# per-token cross-entropy beat the listwise loss and a 5-scorer seed ensemble beat one scorer
-STATES_RECIPE = ("learning.supervised.loss=bce", "policy.members=5")
+STATES_PRESET = "learned_states"   # conf/policy/learned_states.yaml: its context is --states' default
 TARGET = 1.3  # the issue's target: learned_states precision over entity's, mean over folds
 
 
@@ -117,13 +116,15 @@ def heldout_rows(path: Path, tagger: Tagger, model_config, context: CachedStates
 
 def states_spec(value: str | None) -> ContextSpec | None:
     """``--states``: ``ENCODER[:LAYERS[:UNIT]]`` (layers comma-separated) → the context settings, its ``dim`` read
-    from the encoder; ``none`` → None. The default is MiniLM's last and third-last layers over words (they beat
-    the last layer alone), when it is installed."""
+    from the encoder; ``none`` → None. The default is ``policy=learned_states``'s context, when its encoder is
+    installed."""
     if value is None:
-        if skip_reason("minilm"):
-            print(f"learned_states left out: {skip_reason('minilm')}")
+        preset = preset_states()
+        reason = skip_reason(preset.encoder)
+        if reason:
+            print(f"learned_states left out: {reason}")
             return None
-        value = DEFAULT_STATES
+        return preset
     if value.lower() == "none":
         return None
     encoder, _, rest = value.partition(":")
@@ -135,12 +136,19 @@ def states_spec(value: str | None) -> ContextSpec | None:
         raise SystemExit(f"policy_quality: --states {value}: {error}") from None
 
 
-def states_overrides(spec: ContextSpec, recipe: Sequence[str] = STATES_RECIPE) -> list[str]:
-    """The ``maskpolicy-learn`` overrides that give the learned policy ``spec``'s contextual states, trained by
-    ``recipe`` (more overrides)."""
+def preset_states() -> ContextSpec:
+    """The contextual states ``policy=learned_states`` reads."""
+    with initialize_config_module("maskpolicy.conf", version_base="1.3"):
+        node = compose("learn", overrides=[f"policy={STATES_PRESET}"]).policy.context
+    return ContextSpec.of(OmegaConf.to_container(node))
+
+
+def states_overrides(spec: ContextSpec, recipe: Sequence[str] = ()) -> list[str]:
+    """The ``maskpolicy-learn`` overrides that make the policy ``policy=learned_states`` reading ``spec``'s
+    contextual states, with the ``recipe`` overrides on top."""
     layers = ",".join(map(str, spec.layers))
-    return [f"++policy.context={{encoder:'{spec.encoder}',layers:[{layers}],unit:{spec.unit},dim:{spec.dim}}}",
-            *recipe]
+    return [f"policy={STATES_PRESET}",
+            f"policy.context={{encoder:'{spec.encoder}',layers:[{layers}],unit:{spec.unit},dim:{spec.dim}}}", *recipe]
 
 
 def contenders(learned: LearnedPolicy, rows: AnswerRows, pad: int,
@@ -194,7 +202,7 @@ def tagging_cost(taggers: dict[str, Tagger], texts: Sequence[str], repeats: int 
 
 
 def judge(train_path: Path, eval_path: Path, seed: int, overrides: Sequence[str],
-          states: ContextSpec | None = None, recipe: Sequence[str] = STATES_RECIPE) -> dict[str, dict]:
+          states: ContextSpec | None = None, recipe: Sequence[str] = ()) -> dict[str, dict]:
     """Trains the learned policy on ``train_path`` (and, with ``states``, one that also reads those contextual
     states, trained with the ``recipe`` overrides); every contender's mask quality on ``eval_path``."""
     cfg = learn_config(train_path, seed, overrides)
@@ -252,7 +260,7 @@ def mask_overlap(policy: MaskingPolicy, rows: AnswerRows, pad: int, seed: int) -
 
 def leave_one_article_out(paths: Sequence[Path], seeds: Sequence[int], overrides: Sequence[str],
                           progress: Callable[[str], None], states: ContextSpec | None = None,
-                          recipe: Sequence[str] = STATES_RECIPE) -> list[dict]:
+                          recipe: Sequence[str] = ()) -> list[dict]:
     articles = read_articles(paths)
     skipped = [a.get("title", "?") for a in articles if not answerable(a)]
     if skipped:
@@ -275,7 +283,7 @@ def leave_one_article_out(paths: Sequence[Path], seeds: Sequence[int], overrides
 
 def named_files(train: Sequence[str], evaluate: Sequence[str], seeds: Sequence[int],
                 overrides: Sequence[str], progress: Callable[[str], None], states: ContextSpec | None = None,
-                recipe: Sequence[str] = STATES_RECIPE) -> list[dict]:
+                recipe: Sequence[str] = ()) -> list[dict]:
     for role, paths in (("--train", train), ("--eval", evaluate)):
         if not any(map(answerable, read_articles(paths))):
             raise SystemExit(f"policy_quality: {role} {' '.join(map(str, paths))}: no answerable question in these "
@@ -366,10 +374,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "*.json next to the shared sample; give none to skip)")
     parser.add_argument("--states", default=None,
                         help="the contextual states of learned_states: ENCODER[:LAYERS[:UNIT]], e.g. minilm:-1,-3:word "
-                             f"(default: {DEFAULT_STATES} when installed; none: leave learned_states out)")
-    parser.add_argument("--states-learn", nargs="*", default=list(STATES_RECIPE),
-                        help="overrides that train learned_states only, after --learn (default: "
-                             f"{' '.join(STATES_RECIPE)}; give none for --learn alone)")
+                             f"(default: policy={STATES_PRESET}'s, when installed; none: leave learned_states out)")
+    parser.add_argument("--states-learn", nargs="*", default=[],
+                        help="overrides that train learned_states only, after --learn and the preset "
+                             "(e.g. learning.supervised.loss=listwise policy.members=1)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--learn", nargs="*", default=[], help="overrides of the maskpolicy-learn config")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -423,8 +431,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if states_cost:
         print(f"contextual states: {states_cost}")
     print(f"{len(runs) + len(unseen)} runs in {time.perf_counter() - started:.0f} s; learn overrides: "
-          f"{args.learn or 'none'}; states: {states.as_dict() if states else 'none'}, trained with "
-          f"{args.states_learn or 'no more overrides'}")
+          f"{args.learn or 'none'}; states: {states.as_dict() if states else 'none'}, trained as "
+          f"policy={STATES_PRESET} with {args.states_learn or 'no more overrides'}")
     if args.json:
         args.json.write_text(json.dumps({"learn": args.learn, "states": states.as_dict() if states else None,
                                          "states_learn": args.states_learn,

@@ -3,7 +3,8 @@
 The labels are the answer spans of the QA pairs (each question's ``context`` and
 ``answer_start``): bioworld's gold answers in a person's biography, SQuAD's answer
 offsets. The scorer is trained with a listwise loss (each row's softmax onto its answer
-tokens) or a per-token binary cross-entropy over maskable tokens. The same answer rows of
+tokens) or a per-token binary cross-entropy over maskable tokens (``auto``: whichever measured better for the
+policy's inputs). The same answer rows of
 another split judge every learned policy (:mod:`.evaluation`).
 """
 
@@ -82,7 +83,18 @@ def feature_spec(task: Task, names: Sequence[str], context: StateSource | None =
     return FeatureSpec(tuple(names), word_counts(document.text for document in task.corpus()), context=context)
 
 
-LOSSES = ("bce", "listwise")
+LOSSES = ("auto", "bce", "listwise")
+
+
+def resolve_loss(loss: str, policy: LearnedPolicy) -> str:
+    """``learning.supervised.loss`` checked; ``auto`` is what measured best on held-out SQuAD articles
+    (docs/learned.md): ``listwise`` for a scorer of word features alone, ``bce`` for one that also reads contextual
+    states."""
+    if loss not in LOSSES:
+        raise ValueError(f"learning.supervised.loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if loss == "auto":
+        return "bce" if policy.context is not None else "listwise"
+    return loss
 
 
 def supervised_loss(logits: Tensor, labels: Tensor, maskable: Tensor, loss: str) -> Tensor:
@@ -106,13 +118,12 @@ def train_supervised(
     learning_rate: float = 3e-3,
     batch_size: int = 32,
     weight_decay: float = 0.0,
-    loss: str = "bce",
+    loss: str = "auto",
     seed: int = 0,
 ) -> list[float]:
-    """Fits the policy's scorer (each member of an ensemble) to the answer labels; returns the mean loss of every
-    epoch (per member)."""
-    if loss not in LOSSES:
-        raise ValueError(f"learning.supervised.loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    """Fits the policy's scorer (each member of an ensemble) to the answer labels by ``loss`` (see
+    :func:`resolve_loss`); returns the mean loss of every epoch (per member)."""
+    loss = resolve_loss(loss, policy)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(policy.scorer.parameters(), lr=learning_rate, weight_decay=weight_decay)
     policy.scorer.train()

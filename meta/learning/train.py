@@ -23,7 +23,13 @@ from maskpolicy.meta.context import bind_encoder, resolve_run_model, state_sourc
 from maskpolicy.meta.learning.artifacts import entity_source, save_policy
 from maskpolicy.meta.learning.evaluation import compare_with_heuristics
 from maskpolicy.meta.learning.meta_learning import MetaLearningOptions, meta_data, train_meta_learning
-from maskpolicy.meta.learning.supervised import encode_answers, feature_spec, questions, train_supervised
+from maskpolicy.meta.learning.supervised import (
+    encode_answers,
+    feature_spec,
+    questions,
+    resolve_loss,
+    train_supervised,
+)
 from maskpolicy.meta.results.schema import Evaluation, LearnedPolicyRecord, LearnResults, Named
 from maskpolicy.policies import LearnedPolicy, PolicyError
 from maskpolicy.tasks.base import Task, TaskError
@@ -93,11 +99,18 @@ def learn_policy(cfg: DictConfig, output_dir: Path, task_name: str) -> LearnResu
         "method": trained.method, "task": dataclasses.asdict(task_record), "train_split": cfg.learning.train_split,
         "evaluation": dataclasses.asdict(evaluation), "seed": cfg.seed, "feature_names": list(policy.features),
         "tagger": entity_source(trained.task), **_trained_on(trained.task, cfg.learning.train_split),
-        "quality": _quality(evaluation),
+        "quality": _quality(evaluation), **_how_trained(trained.method, cfg, policy),
     })
     return LearnResults(method=trained.method, task=task_record,
                         policy=LearnedPolicyRecord(plain(cfg.policy), ARTIFACT), evaluation=evaluation,
                         history=trained.history, seed=cfg.seed, wall_seconds=round(time.perf_counter() - started, 2))
+
+
+def _how_trained(method: str, cfg: DictConfig, policy: LearnedPolicy) -> dict[str, str]:
+    """The supervised loss the policy was trained by (``auto`` resolved), for its card."""
+    if method != "supervised":
+        return {}
+    return {"supervised_loss": resolve_loss(cfg.learning.supervised.loss, policy)}
 
 
 def _trained_on(task: Task, split: str) -> dict[str, int]:

@@ -1,5 +1,6 @@
 """Every YAML under conf/ composes and builds something that works; old command-line spellings still do."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,9 @@ def check_policy(policy) -> None:
     batch = tiny_batch()
     if isinstance(policy, FitsCorpus):  # its corpus: the batch seen often enough for every n-gram to count
         policy.fit(TokenBatch(batch.input_ids.repeat(5, 1), batch.maskable.repeat(5, 1), batch.word_ids.repeat(5, 1)))
+    context = getattr(policy, "context", None)
+    if context is not None:  # a policy that reads an encoder's states: what encoding would give it, in shape
+        batch = dataclasses.replace(batch, states=torch.randn(*batch.input_ids.shape, context.dim))
     mask = policy.select(batch, torch.Generator().manual_seed(0))
     assert mask.shape == batch.input_ids.shape and mask.dtype == torch.bool
     assert mask.any() and not (mask & ~batch.maskable).any()

@@ -20,7 +20,7 @@ from transformers import BertConfig, BertModel, BertTokenizerLegacy
 from maskpolicy import ArtifactError, MaskingCollator, load_policy, read_card, save_policy
 from maskpolicy.meta.context import CachedStates, ContextError, resolve_run_model, source_for, state_source
 from maskpolicy.meta.learning.meta_learning import MetaLearningOptions, meta_data, outer_batch
-from maskpolicy.meta.learning.train import train_policy
+from maskpolicy.meta.learning.train import learn_policy, train_policy
 from maskpolicy.policies import IGNORE_INDEX, LearnedPolicy
 from maskpolicy.policies.context import ContextSpec
 from maskpolicy.tasks.assets import skip_reason
@@ -246,6 +246,16 @@ def test_a_trained_policy_records_its_encoder_and_its_weights(encoder_dir, train
     assert loaded.context == result.policy.context
     assert all(torch.equal(a, b) for a, b in zip(loaded.scorer.state_dict().values(),
                                                   result.policy.scorer.state_dict().values(), strict=True))
+
+
+def test_the_learned_states_preset_trains_an_ensemble_by_per_token_cross_entropy(encoder_dir, tmp_path):
+    context = f"{{encoder:'{encoder_dir}',layers:[-1,-3],unit:word,dim:{2 * HIDDEN}}}"
+    cfg = learn_config(encoder_dir, tmp_path, "policy=learned_states", f"policy.context={context}")
+    assert cfg.learning.supervised.loss == "auto" and cfg.policy.members == 5
+    learn_policy(cfg, tmp_path, "bioworld")
+    card = read_card(tmp_path / "policy")
+    assert card["training"]["supervised_loss"] == "bce" and card["policy"]["params"]["members"] == 5
+    assert card["context"]["layers"] == [-1, -3] and card["context"]["dim"] == 2 * HIDDEN
 
 
 def test_a_transferred_policy_finds_its_encoder_elsewhere_or_is_refused(encoder_dir, trained, tmp_path):

@@ -16,6 +16,7 @@ from maskpolicy.meta.learning.supervised import (
     answer_spans,
     encode_answers,
     feature_spec,
+    resolve_loss,
     supervised_loss,
     train_supervised,
 )
@@ -62,7 +63,7 @@ def test_supervision_beats_entity_and_random_masking_on_held_out_answers(world, 
     train = encode_answers(world, "train", tokenizer, 128, spec)
     dev = encode_answers(world, "dev", tokenizer, 128, spec)
     policy = LearnedPolicy(features=PORTABLE_FEATURES, seed=0)
-    losses = train_supervised(policy, train, tokenizer.pad_token_id, epochs=30, seed=0)
+    losses = train_supervised(policy, train, tokenizer.pad_token_id, epochs=30, loss="bce", seed=0)
     assert losses[-1] < 0.25 * losses[0]
     scores = compare_with_heuristics(policy, dev, tokenizer.pad_token_id)
     assert scores.split == "dev"
@@ -97,8 +98,15 @@ def test_the_listwise_loss_is_the_mean_over_answered_rows_of_the_answers_softmax
 
 def test_an_unknown_supervised_loss_is_refused(world, tokenizer):
     data = encode_answers(world, "dev", tokenizer, 128, feature_spec(world, PORTABLE_FEATURES))
-    with pytest.raises(ValueError, match="learning.supervised.loss must be one of bce, listwise, got 'hinge'"):
+    with pytest.raises(ValueError, match="learning.supervised.loss must be one of auto, bce, listwise, got 'hinge'"):
         train_supervised(LearnedPolicy(features=PORTABLE_FEATURES), data, tokenizer.pad_token_id, loss="hinge")
+
+
+def test_the_auto_loss_is_listwise_for_word_features_and_bce_with_states():
+    states = {"encoder": "minilm", "layers": [-1, -3], "unit": "word", "dim": 768}
+    assert resolve_loss("auto", LearnedPolicy()) == "listwise"
+    assert resolve_loss("auto", LearnedPolicy(context=states)) == "bce"
+    assert resolve_loss("listwise", LearnedPolicy(context=states)) == "listwise"   # a named loss is kept
 
 
 def test_split_all_takes_every_splits_questions(world):
@@ -122,6 +130,7 @@ def test_the_job_returns_results_and_saves_a_loadable_policy(tmp_path):
     assert len(results.history["loss"]) == 3
     policy = load_policy(tmp_path / "policy")
     assert policy.source["training"]["method"] == "supervised"
+    assert policy.source["training"]["supervised_loss"] == "listwise"   # learning.supervised.loss=auto, no states
     assert policy.source["training"]["task"]["params"]["n_people"] == 40
     assert results.policy.artifact == "policy" and not (tmp_path / "results.json").exists()  # the caller writes it
     save(tmp_path, results)

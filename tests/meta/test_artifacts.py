@@ -244,8 +244,9 @@ def test_a_learned_card_records_its_features_entity_source_data_and_quality(tmp_
     results = learn_policy(learn_config(*SMALL_LEARN), tmp_path, "bioworld")
     training = read_card(tmp_path / "policy")["training"]
     assert list(training) == ["method", "task", "train_split", "evaluation", "seed", "feature_names", "tagger",
-                              "train_documents", "train_questions", "quality"]
+                              "train_documents", "train_questions", "quality", "supervised_loss"]
     assert training["method"] == "supervised" and training["train_split"] == "train" and training["seed"] == 0
+    assert training["supervised_loss"] == "listwise"   # learning.supervised.loss=auto, word features alone
     assert training["feature_names"] == ["shape", "position", "entity", "subword", "repeats", "rarity"]
     assert training["tagger"] == {"kind": "gold"}
     # 20 train people (half of 40) with 6 facts each, every question about one biography per person

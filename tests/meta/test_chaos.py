@@ -226,6 +226,10 @@ def test_a_study_survives_killed_workers_and_server_restarts_and_ends_as_an_undi
     for number in stale:
         root = trials[number].system_attrs.get("failed_trial", number)
         again = [t for t in retries if t.system_attrs["failed_trial"] == root]
+        if not trials[root].params:  # killed between ask and its first suggest (seen 2026-12-04, with a server
+            # restart in that gap): it had no point yet, so its retries draw new ones and there is none to finish
+            assert again and len(again) <= MAX_RETRY, (number, root, [(t.number, t.state) for t in again])
+            continue
         assert again and len(again) <= MAX_RETRY and all(t.params == trials[root].params for t in again), (
             number, root, [(t.number, t.state, t.params, t.system_attrs) for t in [trials[root], *again]])
         done_by = [t.number for t in finished if t.params == trials[root].params]

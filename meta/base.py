@@ -48,7 +48,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from maskpolicy.meta.config import ConfigError, build, plain
 from maskpolicy.meta.results.files import staged_directory, write_json
 from maskpolicy.meta.results.schema import BaseRecord, versions
-from maskpolicy.meta.training import fit_masked_lm
+from maskpolicy.meta.training import compiled, fit_masked_lm
 from maskpolicy.policies import RandomPolicy
 from maskpolicy.tasks.base import Document, GeneralText, Task, TaskError, TitledText
 from maskpolicy.tasks.data.wikipedia import WikipediaSummaries
@@ -179,7 +179,8 @@ def _build(cfg: DictConfig, task: Task, spec: ModelSpec, general: GeneralCorpus,
     rows = encode_documents(texts, [document.entities for document in general.documents], tokenizer,
                             spec.max_length, spec.overflow)
     module = MaskedPretraining(model, RandomPolicy(settings["rate"]), build_corruption(spec.kind, tokenizer),
-                               settings["learning_rate"], seed=settings["seed"])
+                               settings["learning_rate"], seed=settings["seed"],
+                               compile=compiled(cfg))
     # one device, one process: a base is built once, by whichever run asks first, before any data-parallel ranks
     trainer = fit_masked_lm(cfg, module, rows, tokenizer.pad_token_id, directory / "logs", "base",
                             steps=settings["steps"], batch_size=settings["batch_size"], enable_checkpointing=False,

@@ -38,7 +38,7 @@ from maskpolicy.meta.results.schema import (
 from maskpolicy.meta.scoring.probe import ScoreProbe
 from maskpolicy.meta.scoring.text import score_text, target_documents
 from maskpolicy.meta.tables import fit_tables
-from maskpolicy.meta.training import check_devices, fit_masked_lm, make_trainer, over_ranks
+from maskpolicy.meta.training import check_compile, check_devices, compiled, fit_masked_lm, make_trainer, over_ranks
 from maskpolicy.policies import MaskingPolicy, RateSchedule
 from maskpolicy.tasks.base import Document, Task, TaskError
 from maskpolicy.tasks.text.encoding import encode_documents
@@ -152,7 +152,7 @@ def pretrain(cfg: DictConfig, run: Setup, output_dir: Path,
     corruption = build_corruption(run.spec.kind, run.tokenizer, **cfg.pretrain.corruption)
     module = MaskedPretraining(run.model, run.policy, corruption, cfg.pretrain.learning_rate,
                                cfg.pretrain.weight_decay, cfg.pretrain.warmup_fraction, seed=cfg.seed,
-                               schedule=run.schedule)
+                               schedule=run.schedule, compile=compiled(cfg))
     checkpoints = output_dir / "checkpoints" / "pretrain"
     saver = ModelCheckpoint(checkpoints, save_last=True, every_n_train_steps=cfg.pretrain.checkpoint_every,
                             save_top_k=0)
@@ -312,6 +312,7 @@ def _run(cfg: DictConfig, output_dir: Path, names: RunNames, *, test: bool, call
          ) -> PretrainResults:
     started = time.perf_counter()
     check_devices(cfg.trainer)
+    check_compile(cfg)
     run = setup(cfg)
     check_scores(cfg, run)
     rows = encode_downstream(run, test=test)

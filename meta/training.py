@@ -26,20 +26,51 @@ from maskpolicy.tasks.training.pretraining import MaskedPretraining
 STAGE_NAMES = {"pretrain": "pre-training", "finetune": "fine-tuning", "base": "base pre-training"}
 
 
+def on_gpu(trainer: DictConfig) -> bool:
+    """Whether the trainer config trains on a GPU: a GPU accelerator, or ``auto`` with CUDA present."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def check_devices(trainer: DictConfig) -> None:
     """Fails on ``trainer.devices`` beyond what this machine has: GPUs for a GPU accelerator (``auto`` with CUDA
     present), CPU cores otherwise (one DDP process per device)."""
-    devices, accelerator = trainer.get("devices", "auto"), str(trainer.get("accelerator", "auto"))
+    devices = trainer.get("devices", "auto")
     wanted = len(devices) if OmegaConf.is_list(devices) else devices
     if not isinstance(wanted, int) or wanted <= 0:
         return  # "auto", -1 (every device) and device strings are Lightning's to check
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    asked, available, unit = ("GPUs", torch.cuda.device_count(), "GPUs") if on_gpu else (
+    asked, available, unit = ("GPUs", torch.cuda.device_count(), "GPUs") if on_gpu(trainer) else (
         "CPU processes", os.cpu_count() or 1, "CPU cores")
     if wanted > available:
         fix = f"set trainer.devices={available} or fewer" if available else "use trainer=cpu (trainer.accelerator=cpu)"
         raise ConfigError(f"trainer.devices={wanted} asks for {wanted} {asked}, but this machine has {available} "
                           f"{unit}; {fix}")
+
+
+def _doubled(values: torch.Tensor) -> torch.Tensor:
+    return values * 2
+
+
+def compiled(cfg: DictConfig) -> bool:
+    """Whether the run config asks for its pre-training step compiled (``pretrain.compile``, off by default)."""
+    return bool(OmegaConf.select(cfg, "pretrain.compile", default=False))
+
+
+def check_compile(cfg: DictConfig) -> None:
+    """With ``pretrain.compile=true``, compiles and runs a one-line function on the trainer's device first, so a
+    machine where ``torch.compile`` cannot build kernels (no C++ compiler for the CPU, no Triton for the GPU)
+    fails here, before any training, rather than at the first step. Without it, nothing is checked."""
+    if not compiled(cfg):
+        return
+    device = "cuda" if on_gpu(cfg.trainer) else "cpu"
+    try:
+        torch.compile(_doubled, fullgraph=True)(torch.ones(2, device=device))
+    except Exception as error:  # noqa: BLE001 - a missing compiler or Triton surfaces as several error types
+        reason = " ".join(str(error).split())[:300]
+        raise ConfigError(f"pretrain.compile=true, but torch.compile cannot build kernels for {device} on this "
+                          f"machine ({type(error).__name__}: {reason}); set pretrain.compile=false, or install "
+                          f"what it names ({'Triton' if device == 'cuda' else 'a C++ compiler, g++ by default'})"
+                          ) from error
 
 
 def data_parallel(trainer: DictConfig) -> bool:

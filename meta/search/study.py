@@ -57,7 +57,7 @@ from maskpolicy.meta.search.progress import TrialProgress
 from maskpolicy.meta.search.pruning import OptunaPruning, ProbePruning
 from maskpolicy.meta.search.space import SearchSpace
 from maskpolicy.meta.search.trial import run_configuration
-from maskpolicy.meta.training import check_devices, data_parallel
+from maskpolicy.meta.training import check_compile, check_devices, data_parallel
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -124,6 +124,7 @@ def prepare(cfg: DictConfig, output_dir: Path) -> Search:
     """Checks the space, objectives, sampler, pruner, storage and final seeds; opens (or resumes) the study."""
     options = cfg.search
     _check_trainer(cfg.trainer)
+    check_compile(cfg)
     space = SearchSpace.from_config(options.space)
     _check_run_keys(cfg, space)
     try:

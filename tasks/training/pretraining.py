@@ -63,6 +63,14 @@ def build_corruption(kind: str, tokenizer: PreTrainedTokenizerBase, **options: A
     return EncoderCorruption(tokenizer, options.get("mask_fraction", 0.8), options.get("random_fraction", 0.1))
 
 
+def corrupted_loss(model: PreTrainedModel, inputs: dict[str, Tensor]) -> Tensor:
+    """The pre-training loss of one corrupted batch: seq2seq denoising (the decoder predicts the targets), or the
+    masked LM with its head at the labelled positions only (the same loss as a full head)."""
+    if model.config.is_encoder_decoder:
+        return model(**inputs).loss
+    return masked_lm_loss(model, **inputs)
+
+
 class MaskedPretraining(pl.LightningModule):
     """Intermediate pre-training of a language model with a masking policy.
 
@@ -70,6 +78,11 @@ class MaskedPretraining(pl.LightningModule):
     plus the process rank), saved in checkpoints so a resumed run continues the
     same mask stream. With a ``schedule`` the policy's rate follows it, read off the
     global step (which a resumed run restores) before each batch.
+
+    ``compile``: the loss (model forward included) runs through ``torch.compile``; the policy and the
+    corruption stay eager (they draw from the generator). The weights and the checkpoint are the model's
+    own, so what is saved is the same with it or without. The compiled step draws dropout masks with
+    its own random numbers, so a compiled run is not bit-identical to an eager one.
     """
 
     def __init__(
@@ -82,9 +95,11 @@ class MaskedPretraining(pl.LightningModule):
         warmup_fraction: float = 0.06,
         seed: int = 0,
         schedule: RateSchedule | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.model, self.policy, self.corruption, self.schedule = model, policy, corruption, schedule
+        self.loss_of = torch.compile(corrupted_loss) if compile else corrupted_loss
         self.base_rate = getattr(policy, "rate", None)
         self.save_hyperparameters(ignore=["model", "policy", "corruption", "schedule"])
         self._generator: torch.Generator | None = None
@@ -119,11 +134,7 @@ class MaskedPretraining(pl.LightningModule):
             set_rate(self.policy, rate)
             self.log("pretrain/rate", rate)
         mask = self.policy.select(token_batch(batch), self.generator)
-        inputs = self.corruption(batch, mask, self.generator)
-        if self.model.config.is_encoder_decoder:  # seq2seq denoising: the decoder predicts the targets
-            loss = self.model(**inputs).loss
-        else:  # masked LM: the head runs at the labelled positions only (same loss)
-            loss = masked_lm_loss(self.model, **inputs)
+        loss = self.loss_of(self.model, self.corruption(batch, mask, self.generator))
         self.tokens_seen += int(batch["attention_mask"].sum())
         self.masked_seen += int(mask.sum())
         self.log("pretrain/loss", loss, prog_bar=True)

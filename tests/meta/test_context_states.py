@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel, BertTokenizerLegacy
 
@@ -21,6 +24,8 @@ from maskpolicy import ArtifactError, MaskingCollator, load_policy, read_card, s
 from maskpolicy.meta.context import CachedStates, ContextError, resolve_run_model, source_for, state_source
 from maskpolicy.meta.learning.meta_learning import MetaLearningOptions, meta_data, outer_batch
 from maskpolicy.meta.learning.train import learn_policy, train_policy
+from maskpolicy.meta.search.space import SearchSpace
+from maskpolicy.meta.search.trial import needs_training
 from maskpolicy.policies import IGNORE_INDEX, LearnedPolicy
 from maskpolicy.policies.context import ContextSpec
 from maskpolicy.tasks.assets import skip_reason
@@ -374,3 +379,15 @@ def test_both_engines_take_the_same_first_answers_step_with_states(encoder_dir, 
     assert runs[0].history["outer_loss"][0] == pytest.approx(runs[1].history["outer_loss"][0], rel=1e-6)
     for x, y in zip(runs[0].policy.scorer.parameters(), runs[1].policy.scorer.parameters(), strict=True):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_the_real_text_search_space_draws_the_learned_states_preset_and_trains_it_first():
+    raw = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[2] / "conf/search/space/real_text.yaml"))
+    space = SearchSpace.from_config({"families": {"learned_states": raw["families"]["learned_states"]}})
+    suggestion = space.suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask())
+    with initialize_config_module("maskpolicy.conf", version_base="1.3"):
+        preset = compose("pretrain", overrides=["policy=learned_states"]).policy
+    assert suggestion.policy["context"] == OmegaConf.to_container(preset.context)
+    assert suggestion.policy["members"] == preset.members and suggestion.policy["_target_"] == preset._target_
+    assert needs_training(suggestion.policy) and suggestion.overrides == {"learning.method": "supervised"}
+    assert 0.1 <= suggestion.policy["rate"] <= 0.3
